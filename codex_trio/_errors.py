@@ -1,0 +1,189 @@
+"""One small exception tree for everything codex_trio raises.
+
+Every error a user can see derives from :class:`CodexTrioError`, so ``except CodexTrioError`` is enough to catch
+the library's failures and nothing else. Messages say what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "AppServerExited",
+    "AppServerNotReady",
+    "BinaryNotFound",
+    "CodexTrioError",
+    "ConfigError",
+    "ConnectionLost",
+    "FrameTooLarge",
+    "HandshakeTimeout",
+    "MethodNotSupported",
+    "ProcessError",
+    "ProtocolError",
+    "RequestTimeout",
+    "RpcError",
+    "RuntimeGaveUp",
+    "RuntimeStopped",
+    "ServerDraining",
+    "SocketPathError",
+    "StateStoreError",
+    "TransportError",
+    "TurnFailed",
+]
+
+
+class CodexTrioError(Exception):
+    """Base class of every error raised by codex_trio."""
+
+
+class ConfigError(CodexTrioError, ValueError):
+    """A configuration value is invalid. The message names the field, the value and what is allowed."""
+
+    def __init__(self, message: str, *, field: str | None = None, value: object = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
+
+
+# --- transport and protocol -------------------------------------------------------------------------------
+
+
+class TransportError(CodexTrioError):
+    """The byte or message stream to the app-server failed."""
+
+
+class ConnectionLost(TransportError):
+    """The connection to the app-server is closed; every pending request fails with this one error.
+
+    ``reason`` is a short human description of why (socket closed, child exited, protocol error, caller closed).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class FrameTooLarge(TransportError):
+    """A frame or NDJSON line exceeded the configured maximum size."""
+
+    def __init__(self, size: int, limit: int, what: str = "frame") -> None:
+        super().__init__(
+            f"app-server sent a {what} of at least {size} bytes, over the limit of {limit} bytes; "
+            f"raise max_message_size if such messages are expected"
+        )
+        self.size = size
+        self.limit = limit
+
+
+class ProtocolError(CodexTrioError):
+    """The peer sent something that is not a valid app-server JSON-RPC frame. The connection is closed."""
+
+
+class RpcError(CodexTrioError):
+    """The app-server answered a request with a JSON-RPC error. Keeps ``code``, ``message`` and ``data``."""
+
+    def __init__(self, method: str | None, code: int | None, message: str, data: Any = None) -> None:
+        where = f"{method}: " if method else ""
+        code_part = f" (code {code})" if code is not None else ""
+        super().__init__(f"{where}{message}{code_part}")
+        self.method = method
+        self.code = code
+        self.rpc_message = message
+        self.data = data
+
+
+class MethodNotSupported(RpcError):
+    """The app-server does not know this method (code -32601, or codex's ``unknown variant`` message)."""
+
+
+class ServerDraining(RpcError):
+    """The app-server is shutting down (``data.reason == "serverShuttingDown"``); retry after reconnecting."""
+
+
+class RequestTimeout(CodexTrioError, TimeoutError):
+    """A request got no answer within its deadline."""
+
+    def __init__(self, method: str, timeout: float, message: str | None = None) -> None:
+        super().__init__(message or f"app-server did not answer {method!r} within {timeout:g}s")
+        self.method = method
+        self.timeout = timeout
+
+
+class HandshakeTimeout(RequestTimeout):
+    """``initialize`` got no answer in time."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(
+            "initialize",
+            timeout,
+            f"codex initialize handshake did not respond within {timeout:g}s — the daemon may be hung, "
+            f"crashed mid-response, or speaking an incompatible protocol",
+        )
+
+
+# --- the child process ------------------------------------------------------------------------------------
+
+
+class ProcessError(CodexTrioError):
+    """Starting or supervising the ``codex app-server`` child failed."""
+
+
+class BinaryNotFound(ProcessError):
+    """No runnable codex binary was found; the message lists every place that was tried."""
+
+    def __init__(self, tried: Sequence[str], detail: str = "") -> None:
+        lines = "; ".join(tried)
+        super().__init__(
+            f"no runnable codex binary found (tried: {lines}){': ' + detail if detail else ''}. "
+            f"Install it with `npm install @openai/codex@0.169.0`, set RuntimeConfig.codex_bin, "
+            f"or set CODEX_TRIO_CODEX_BIN"
+        )
+        self.tried = list(tried)
+
+
+class AppServerExited(ProcessError):
+    """The app-server child exited (before it was ready, or later). Carries its exit status and stderr tail."""
+
+    def __init__(self, message: str, *, returncode: int | None, stderr_tail: str = "") -> None:
+        full = message
+        if stderr_tail.strip():
+            full += "\n--- codex stderr (tail) ---\n" + stderr_tail.rstrip()
+        super().__init__(full)
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+
+class AppServerNotReady(ProcessError):
+    """The app-server child did not accept a connection on its socket in time."""
+
+
+class SocketPathError(ProcessError, ConfigError):
+    """The socket directory or path is unusable (symlinked, foreign-owned, too long for ``sun_path``)."""
+
+
+# --- runtime ----------------------------------------------------------------------------------------------
+
+
+class TurnFailed(CodexTrioError):
+    """A turn ended in failure (codex reported an error, a deadline passed, or ``turn/start`` was rejected)."""
+
+
+class RuntimeStopped(CodexTrioError):
+    """The runtime is stopping or stopped; no new work is accepted."""
+
+
+class RuntimeGaveUp(CodexTrioError):
+    """The restart intensity was exceeded: the supervisor stopped restarting (OTP escalation).
+
+    ``causes`` holds the most recent session failures, oldest first.
+    """
+
+    def __init__(self, message: str, causes: Sequence[BaseException]) -> None:
+        detail = "; ".join(f"{type(c).__name__}: {c}" for c in causes[-5:])
+        super().__init__(f"{message} (last causes: {detail})" if detail else message)
+        self.causes = list(causes)
+
+
+class StateStoreError(CodexTrioError):
+    """The state store failed to read or write."""

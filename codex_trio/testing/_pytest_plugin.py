@@ -1,0 +1,1 @@
+"""pytest fixtures of the codex_trio testing kit (registered through the ``pytest11`` entry point)."""
