@@ -1,0 +1,299 @@
+"""Message streams: one interface, three ways to reach an app-server.
+
+* :func:`connect_unix_websocket` — WebSocket over a Unix socket, the default (``codex app-server --listen unix://``);
+* :class:`NdjsonMessageStream` — newline-delimited JSON over a child's stdin/stdout (``--listen stdio://``);
+* :func:`connect_tcp_websocket` — ``ws://127.0.0.1:PORT`` for an app-server started elsewhere;
+
+plus :func:`memory_message_stream_pair` for in-process tests. Every implementation reports a closed peer as
+:class:`~codex_trio.ConnectionLost` and an oversize frame or line as :class:`~codex_trio.FrameTooLarge`, so the
+connection above never sees a transport-specific exception.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Final, Protocol
+
+import trio
+import trio_websocket
+
+from ._errors import ConnectionLost, FrameTooLarge, TransportError
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "SUN_PATH_BUDGET",
+    "MessageStream",
+    "NdjsonMessageStream",
+    "WebSocketMessageStream",
+    "connect_tcp_websocket",
+    "connect_unix_websocket",
+    "memory_message_stream_pair",
+    "unix_connect_path",
+]
+
+#: Real ``turn/completed`` frames exceed trio-websocket's 1 MiB default (codex-app-server.md §3), so we default
+#: to 64 MiB: large enough for any agent message codex accepts as input (1,048,576 chars, up to 4 bytes each).
+DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 2**20
+#: ``sun_path`` holds 108 bytes including the terminating NUL on Linux.
+SUN_PATH_BUDGET: Final = 107
+# trio-websocket defaults to a 1-message queue and 4 KiB reads, which caps ingest of many small notifications;
+# a deeper queue and bigger reads let its reader task run ahead of ours.
+_WS_QUEUE: Final = 256
+_WS_RECEIVE_BYTES: Final = 64 * 1024
+_NDJSON_READ: Final = 64 * 1024
+
+
+class MessageStream(Protocol):
+    """What the JSON-RPC connection needs from a transport: whole text messages in both directions."""
+
+    description: str
+
+    async def send_message(self, message: str) -> None:
+        """Send one message. Raises ConnectionLost when the stream is closed."""
+
+    async def receive_message(self) -> str | bytes:
+        """Receive one whole message. Raises ConnectionLost on close, FrameTooLarge past the size limit."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close the stream; idempotent."""
+
+
+# --- WebSocket ------------------------------------------------------------------------------------------------
+
+
+def unix_connect_path(path: Path | str) -> str:
+    """The path to hand to ``connect()`` for ``path``.
+
+    codex 0.169 makes the requested socket path a symlink into ``/tmp/codex-daemon-<uid>/``; a path longer than
+    ``sun_path`` cannot be passed to ``connect()`` directly, but its (short) link target can.
+    """
+    text = os.fspath(path)
+    if len(os.fsencode(text)) <= SUN_PATH_BUDGET:
+        return text
+    try:
+        target = os.readlink(text)
+    except OSError as exc:
+        raise TransportError(
+            f"socket path is {len(os.fsencode(text))} bytes, over the {SUN_PATH_BUDGET}-byte sun_path limit, "
+            f"and is not a symlink to a shorter path ({exc.strerror}): {text}"
+        ) from None
+    resolved = os.path.join(os.path.dirname(text), target)
+    if len(os.fsencode(resolved)) > SUN_PATH_BUDGET:
+        raise TransportError(f"socket path and its link target are both over the sun_path limit: {text}")
+    return resolved
+
+
+class WebSocketMessageStream:
+    """A :class:`MessageStream` over a trio-websocket connection."""
+
+    def __init__(
+        self, ws: trio_websocket.WebSocketConnection, description: str, max_message_size: int
+    ) -> None:
+        self._ws = ws
+        self.description = description
+        self._max = max_message_size
+
+    async def send_message(self, message: str) -> None:
+        try:
+            await self._ws.send_message(message)
+        except trio_websocket.ConnectionClosed as exc:
+            raise self._lost(exc) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ConnectionLost(f"{self.description}: send failed: {exc}") from None
+
+    async def receive_message(self) -> str | bytes:
+        try:
+            return await self._ws.get_message()
+        except trio_websocket.ConnectionClosed as exc:
+            raise self._lost(exc) from None
+
+    def _lost(self, exc: trio_websocket.ConnectionClosed) -> ConnectionLost | FrameTooLarge:
+        reason = exc.reason
+        code = getattr(reason, "code", None)
+        if code == 1009:
+            return FrameTooLarge(self._max + 1, self._max, "WebSocket message")
+        text = getattr(reason, "reason", None)
+        return ConnectionLost(f"{self.description} closed (code {code}{': ' + text if text else ''})")
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            await self._ws.aclose()
+
+
+async def connect_unix_websocket(
+    nursery: trio.Nursery,
+    path: Path | str,
+    *,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+) -> WebSocketMessageStream:
+    """Open a WebSocket over the Unix socket at ``path``; its reader task runs in ``nursery``.
+
+    No extensions are offered (the original warned that codex once rejected permessage-deflate).
+    """
+    target = unix_connect_path(path)
+    try:
+        stream = await trio.open_unix_socket(target)
+    except OSError as exc:
+        raise ConnectionLost(f"cannot connect to app-server socket {path}: {exc.strerror or exc}") from None
+    description = f"app-server socket {path}"
+    return await _wrap_client(nursery, stream, description, max_message_size)
+
+
+async def connect_tcp_websocket(
+    nursery: trio.Nursery, url: str, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+) -> WebSocketMessageStream:
+    """Open ``ws://HOST:PORT`` (an app-server started elsewhere with ``--listen ws://...``)."""
+    if not url.startswith("ws://"):
+        raise TransportError(f"only ws:// URLs are supported (got {url!r})")
+    try:
+        ws = await trio_websocket.connect_websocket_url(
+            nursery,
+            url,
+            message_queue_size=_WS_QUEUE,
+            max_message_size=max_message_size,
+            receive_buffer_size=_WS_RECEIVE_BYTES,
+        )
+    except (OSError, trio_websocket.HandshakeError) as exc:
+        raise ConnectionLost(f"cannot open {url}: {exc}") from None
+    return WebSocketMessageStream(ws, f"app-server at {url}", max_message_size)
+
+
+async def _wrap_client(
+    nursery: trio.Nursery, stream: trio.SocketStream, description: str, max_message_size: int
+) -> WebSocketMessageStream:
+    try:
+        ws = await trio_websocket.wrap_client_stream(
+            nursery,
+            stream,
+            "localhost",
+            "/",
+            message_queue_size=_WS_QUEUE,
+            max_message_size=max_message_size,
+            receive_buffer_size=_WS_RECEIVE_BYTES,
+        )
+    except trio_websocket.HandshakeError as exc:
+        await stream.aclose()
+        raise ConnectionLost(f"{description}: WebSocket handshake failed: {exc!r}") from None
+    except (OSError, trio.BrokenResourceError) as exc:
+        await stream.aclose()
+        raise ConnectionLost(f"{description}: WebSocket handshake failed: {exc}") from None
+    return WebSocketMessageStream(ws, description, max_message_size)
+
+
+# --- NDJSON ---------------------------------------------------------------------------------------------------
+
+
+class NdjsonMessageStream:
+    """Newline-delimited JSON over a pair of byte streams (a child's stdin and stdout).
+
+    Lines are split here from ``receive_some`` chunks — no 64 KiB ceiling like asyncio's ``readline`` — and a
+    line longer than ``max_line_size`` fails clearly instead of growing without bound.
+    """
+
+    def __init__(
+        self,
+        send_stream: trio.abc.SendStream,
+        receive_stream: trio.abc.ReceiveStream,
+        *,
+        max_line_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        description: str = "app-server stdio",
+    ) -> None:
+        self._send = send_stream
+        self._receive = receive_stream
+        self._max = max_line_size
+        self.description = description
+        self._buffer = bytearray()
+        self._scan_from = 0
+        self._eof = False
+        self._send_lock = trio.Lock()
+
+    async def send_message(self, message: str) -> None:
+        data = message.encode() + b"\n"
+        async with self._send_lock:
+            try:
+                await self._send.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise ConnectionLost(f"{self.description}: cannot write: {exc}") from None
+
+    async def receive_message(self) -> bytes:
+        while True:
+            newline = self._buffer.find(b"\n", self._scan_from)
+            if newline >= 0:
+                line = bytes(self._buffer[:newline])
+                del self._buffer[: newline + 1]
+                self._scan_from = 0
+                if line.strip():
+                    return line
+                continue
+            if len(self._buffer) > self._max:
+                size = len(self._buffer)
+                self._buffer.clear()
+                raise FrameTooLarge(size, self._max, "NDJSON line")
+            if self._eof:
+                if self._buffer.strip():
+                    # A final line without its newline is still a whole message.
+                    line = bytes(self._buffer)
+                    self._buffer.clear()
+                    return line
+                raise ConnectionLost(f"{self.description} closed (end of output)")
+            self._scan_from = len(self._buffer)
+            try:
+                chunk = await self._receive.receive_some(_NDJSON_READ)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise ConnectionLost(f"{self.description}: read failed: {exc}") from None
+            if not chunk:
+                self._eof = True
+            else:
+                self._buffer += chunk
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            for stream in (self._send, self._receive):
+                try:
+                    await stream.aclose()
+                except (trio.BrokenResourceError, OSError) as exc:
+                    if getattr(exc, "errno", None) not in (None, errno.EPIPE):
+                        raise
+
+
+# --- in-memory ------------------------------------------------------------------------------------------------
+
+
+class _MemoryMessageStream:
+    def __init__(
+        self,
+        send: trio.MemorySendChannel[str | bytes],
+        receive: trio.MemoryReceiveChannel[str | bytes],
+        description: str,
+    ) -> None:
+        self._send = send
+        self._receive = receive
+        self.description = description
+
+    async def send_message(self, message: str) -> None:
+        try:
+            await self._send.send(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ConnectionLost(f"{self.description} closed") from None
+
+    async def receive_message(self) -> str | bytes:
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise ConnectionLost(f"{self.description} closed") from None
+
+    async def aclose(self) -> None:
+        await self._send.aclose()
+        await self._receive.aclose()
+
+
+def memory_message_stream_pair(buffer: int = 256) -> tuple[MessageStream, MessageStream]:
+    """Two connected in-memory message streams ``(client_side, server_side)`` for tests."""
+    to_server_send, to_server_receive = trio.open_memory_channel[str | bytes](buffer)
+    to_client_send, to_client_receive = trio.open_memory_channel[str | bytes](buffer)
+    client = _MemoryMessageStream(to_server_send, to_client_receive, "memory app-server stream")
+    server = _MemoryMessageStream(to_client_send, to_server_receive, "memory client stream")
+    return client, server

@@ -1,0 +1,56 @@
+"""Small helpers shared by the Trio drivers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import trio
+
+from ._errors import CodexTrioError
+
+__all__ = ["collapse_exception_groups", "leaf_exceptions"]
+
+
+def leaf_exceptions(exc: BaseException) -> list[BaseException]:
+    """Every non-group exception inside ``exc`` (depth first), or ``[exc]`` when it is not a group."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves: list[BaseException] = []
+        for inner in exc.exceptions:
+            leaves.extend(leaf_exceptions(inner))
+        return leaves
+    return [exc]
+
+
+def _pick(leaves: list[BaseException]) -> BaseException:
+    # Cancelled must keep propagating as itself so the caller's cancel scope can catch it; after that, the
+    # library's own errors say more than a generic one that followed from them.
+    meaningful = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+    if not meaningful:
+        return leaves[0]
+    for exc in meaningful:
+        if isinstance(exc, CodexTrioError):
+            return exc
+    for exc in meaningful:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            return exc
+    return meaningful[0]
+
+
+@contextmanager
+def collapse_exception_groups() -> Iterator[None]:
+    """Turn an ExceptionGroup raised by internal nurseries into the one exception that explains it.
+
+    Public context managers use this so users never have to write ``except*`` around codex_trio (the same
+    promise trio-websocket's ``open_websocket`` makes). The original group stays reachable as ``__context__``.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = leaf_exceptions(group)
+        chosen = _pick(leaves)
+        if isinstance(chosen, trio.Cancelled) and len(leaves) == len(
+            [e for e in leaves if isinstance(e, trio.Cancelled)]
+        ):
+            raise chosen from None
+        raise chosen from group

@@ -1,0 +1,77 @@
+"""Run :class:`FakeAppServer` as a child process, with the command line of ``codex app-server``.
+
+    python -m codex_trio.testing.fake_app_server [app-server] --listen unix://PATH [-c key=value ...]
+
+so process supervision can be tested without codex. ``-c`` overrides are accepted and ignored. The environment
+configures it: ``FAKE_APP_SERVER_STATE`` (a JSON file that keeps threads across restarts, so ``thread/resume``
+works after a kill), ``FAKE_APP_SERVER_SCRIPT`` (a JSON file: ``{"default": {...}, "turns": [{...}, ...]}`` of
+:class:`TurnScript` fields), ``FAKE_APP_SERVER_EXIT`` (``"CODE:MESSAGE"``: print MESSAGE to stderr and exit at
+once with CODE, like codex does on a fatal config error), ``FAKE_APP_SERVER_BIND_DELAY`` (seconds before binding;
+``never`` never binds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from ._fake_app_server import FakeAppServer, TurnScript
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="fake_app_server")
+    parser.add_argument("command", nargs="?", default="app-server")
+    parser.add_argument("--listen", required=True)
+    parser.add_argument("-c", dest="overrides", action="append", default=[])
+    args, _unknown = parser.parse_known_args(argv)
+    if not args.listen.startswith("unix://") or len(args.listen) <= len("unix://"):
+        parser.error("only --listen unix://PATH is supported")
+    return args
+
+
+async def _serve(path: Path) -> None:
+    state = os.environ.get("FAKE_APP_SERVER_STATE")
+    server = FakeAppServer(state_path=Path(state) if state else None)
+    script = os.environ.get("FAKE_APP_SERVER_SCRIPT")
+    if script:
+        data = json.loads(Path(script).read_text())  # noqa: ASYNC240 - read once at start-up
+        if "default" in data:
+            server.default_turn = TurnScript.from_json(data["default"])
+        server.push_turns(*(TurnScript.from_json(t) for t in data.get("turns", [])))
+    delay = os.environ.get("FAKE_APP_SERVER_BIND_DELAY")
+    if delay == "never":
+        await trio.sleep_forever()
+    if delay:
+        await trio.sleep(float(delay))
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_unix, path)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    exit_spec = os.environ.get("FAKE_APP_SERVER_EXIT")
+    if exit_spec:
+        code, _, message = exit_spec.partition(":")
+        print(message, file=sys.stderr, flush=True)
+        return int(code)
+    path = Path(args.listen[len("unix://") :])
+    try:
+        path.unlink()  # a stale socket from a killed predecessor, like codex replaces it
+    except OSError:
+        pass
+    trio.run(_serve, path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
