@@ -1,0 +1,877 @@
+"""open_runtime / Runtime: the supervisor, one session per generation, and the turn worker.
+
+Task tree (see docs/architecture.md)::
+
+    open_runtime                      nursery N0, lives as long as the runtime
+    └── supervisor                    runs sessions; on a failure asks the RestartPolicy; backoff; again
+        └── session nursery N1        one per generation; any failure cancels all of it
+            ├── app-server            the launcher's child process (reaped, shielded, on the way out)
+            ├── connection reader     JSON-RPC over the WebSocket
+            ├── watchers              child exit / connection close -> _SessionLost
+            ├── router                notifications -> ledger terminals, events
+            └── turn worker           queue -> turn/start | turn/steer, in acceptance order
+
+The ledger (queue, dedup window, settlements) belongs to the runtime, not to N1, so accepted input survives a
+restart; what was in flight when a session died settles ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Final, Literal
+
+import attrs
+import trio
+
+from . import _protocol as p
+from ._completions import (
+    COMPLETION_TRIGGER_TEXT,
+    Completion,
+    CompletionLedger,
+    Plan,
+    build_completion_item,
+    completion_budget,
+)
+from ._config import RuntimeConfig
+from ._connection import Connection, ServerRequestHandler
+from ._errors import (
+    CodexTrioError,
+    ConfigError,
+    ConnectionLost,
+    RequestTimeout,
+    RpcError,
+    RuntimeGaveUp,
+)
+from ._events import (
+    AgentMessageDelta,
+    EventHub,
+    EventStream,
+    ItemCompleted,
+    ItemStarted,
+    Restarting,
+    StatusChanged,
+    SubmissionSettled,
+    ThreadLost,
+    ThreadReady,
+    TurnCompleted,
+    TurnStarted,
+)
+from ._handshake import client_info, initialize
+from ._jsonrpc import Notification
+from ._launcher import Launcher, ProcessLauncher, default_base_dir
+from ._ledger import Ledger, Settlement, Submission, SubmissionKind, TurnOutcome
+from ._policy import RestartTracker
+from ._render import ChannelInput, render_channel_input
+from ._state import LostThread, MemoryStateStore, RuntimeStatus, StateStore, StoredSettlement, StoredSubmission
+from ._util import collapse_exception_groups
+
+__all__ = ["Admission", "Checkpoint", "CompletionResult", "Runtime", "open_runtime"]
+
+log = logging.getLogger("codex_trio.runtime")
+
+#: codex rejects larger turn input with -32602 input_too_large (codex-app-server.md §8); refuse it up front.
+MAX_INPUT_CHARS: Final = 1_048_576
+
+AdmissionStatus = Literal["submitted", "queued", "duplicate", "failed", "stopped", "skipped"]
+SystemReason = Literal["restart-notice", "teammate-completion", "runtime-control"]
+
+
+@attrs.frozen
+class Checkpoint:
+    """Where to resume: ``Checkpoint("codexThread", thread_id)`` (the only kind a Codex runtime has)."""
+
+    kind: str
+    id: str
+
+
+@attrs.define(eq=False)
+class Admission:
+    """What :meth:`Runtime.submit` answered. Accepted inputs (``submitted``/``queued``) settle exactly once."""
+
+    status: AdmissionStatus
+    source_id: str
+    seq: int | None = None
+    error: BaseException | None = None
+    _done: trio.Event | None = attrs.field(default=None, repr=False, alias="_done")
+    _settlement: Settlement | None = attrs.field(default=None, repr=False, alias="_settlement")
+
+    @property
+    def accepted(self) -> bool:
+        return self.status in ("submitted", "queued")
+
+    async def settled(self) -> Settlement:
+        """Wait for the settlement: completed / failed / interrupted / stopped (with text, turn id, items)."""
+        if self._done is None:
+            raise RuntimeError(f"admission {self.status!r} has no settlement (only accepted inputs settle)")
+        await self._done.wait()
+        assert self._settlement is not None
+        return self._settlement
+
+    @property
+    def settlement(self) -> Settlement | None:
+        return self._settlement
+
+
+@attrs.frozen
+class CompletionResult:
+    status: Literal["accepted", "failed", "unsupported"]
+    error: BaseException | None = None
+    reason: str | None = None
+
+
+class _SessionLost(Exception):
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+@attrs.define(eq=False)
+class _Session:
+    generation: int
+    connection: Connection
+    thread_id: str
+    nursery: trio.Nursery
+    active_turn: str | None = None
+    turn_idle: trio.Event = attrs.field(factory=trio.Event)
+    items: dict[str, list[p.Item]] = attrs.field(factory=dict)
+    inbound_seen: bool = False
+    notice_sent: bool = False
+
+
+class Runtime:
+    """A long-lived Codex runtime. Create it with :func:`open_runtime`; do not instantiate directly."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        state: StateStore,
+        launcher: Launcher,
+        approvals: ServerRequestHandler | None,
+    ) -> None:
+        self.config = config
+        self._state = state
+        self._launcher = launcher
+        self._approvals = approvals
+        self._ledger = Ledger(dedup_window=config.dedup_window)
+        self._hub = EventHub(config.event_buffer)
+        self._tracker = RestartTracker(config.restart)
+        self._status: RuntimeStatus = "declared"
+        self._status_changed = trio.Event()
+        self._thread_id: str | None = None
+        self._resumed = False
+        self._session: _Session | None = None
+        self._wakeup = trio.Event()
+        self._admissions: dict[int, Admission] = {}
+        self._last_result: Settlement | None = None
+        self._stopping = False
+        self._n0: trio.Nursery | None = None
+        self._supervisor_scope: trio.CancelScope | None = None
+        self._supervisor_done = trio.Event()
+        self._completions = CompletionLedger()
+        self._completion_inflight: dict[str, trio.Event] = {}
+        self._completion_results: dict[str, CompletionResult] = {}
+        self._pending_thread_loss: ThreadLost | None = None
+        self.restarts = 0
+        self.causes: list[BaseException] = []
+
+    # -- public state --------------------------------------------------------------------------------------
+
+    @property
+    def status(self) -> RuntimeStatus:
+        return self._status
+
+    @property
+    def thread_id(self) -> str | None:
+        return self._thread_id
+
+    @property
+    def thread_resumed(self) -> bool:
+        return self._resumed
+
+    @property
+    def generation(self) -> int:
+        return self._ledger.generation
+
+    @property
+    def last_result(self) -> Settlement | None:
+        """The latest ``completed`` settlement that carried agent text (the original's ``getLast()``)."""
+        return self._last_result
+
+    @property
+    def runtime_id(self) -> str:
+        return self.config.runtime_id
+
+    def events(self) -> EventStream:
+        """A bounded, typed stream of runtime events (status, turns, items, deltas, settlements)."""
+        return self._hub.subscribe()
+
+    async def wait_status(self, *statuses: RuntimeStatus) -> RuntimeStatus:
+        while self._status not in statuses:
+            event = self._status_changed
+            await event.wait()
+        return self._status
+
+    def statistics(self) -> dict[str, Any]:
+        session = self._session
+        return {
+            "status": self._status,
+            "generation": self._ledger.generation,
+            "restarts": self.restarts,
+            "queued": len(self._ledger.queued),
+            "in_flight": len(self._ledger.in_flight()),
+            "thread_id": self._thread_id,
+            "active_turn": session.active_turn if session else None,
+            "event_subscribers": self._hub.subscriber_count,
+            "connection": attrs.asdict(session.connection.statistics()) if session else None,
+        }
+
+    # -- submitting ----------------------------------------------------------------------------------------
+
+    async def submit(self, item: ChannelInput) -> Admission:
+        """Accept a channel message (deduplicated by ``source_id``) for delivery in acceptance order."""
+        if not isinstance(item, ChannelInput):
+            raise TypeError(f"submit() takes a ChannelInput (got {type(item).__name__})")
+        return await self._admit(item.source_id, "channel", render_channel_input(item))
+
+    async def system_input(self, text: str, reason: SystemReason = "restart-notice") -> Admission:
+        """A system notice. ``restart-notice`` is one-shot per session: skipped once any input arrived in the
+        current session (as in the original); other reasons are always delivered, without dedup."""
+        if reason not in ("restart-notice", "teammate-completion", "runtime-control"):
+            raise ConfigError(
+                f"system_input reason={reason!r} is not one of 'restart-notice' | 'teammate-completion' | "
+                f"'runtime-control'",
+                field="reason",
+                value=reason,
+            )
+        if reason == "restart-notice":
+            session = self._session
+            if self._stopping:
+                return Admission("stopped", "")
+            if session is not None and (session.inbound_seen or session.notice_sent):
+                return Admission("skipped", "")
+            if session is not None:
+                session.notice_sent = True
+        return await self._admit("", "system", text)
+
+    async def _admit(self, source_id: str, kind: SubmissionKind, text: str) -> Admission:
+        if self._stopping or self._ledger.stopped:
+            return Admission("stopped", source_id)
+        if len(text) > MAX_INPUT_CHARS:
+            error = ConfigError(
+                f"input is {len(text)} characters; codex accepts at most {MAX_INPUT_CHARS} per turn input",
+                field="text",
+                value=len(text),
+            )
+            return Admission("failed", source_id, error=error)
+        sub = self._ledger.admit(source_id, kind, text)  # dedup committed here, before any await
+        if sub is None:
+            return Admission("duplicate", source_id)
+        status: AdmissionStatus = "submitted" if self._status == "ready" else "queued"
+        admission = Admission(status, source_id, sub.seq, _done=trio.Event())
+        self._admissions[sub.seq] = admission
+        if kind != "system" and self._session is not None:
+            self._session.inbound_seen = True
+        try:
+            await self._state.accept(
+                self.runtime_id,
+                StoredSubmission(sub.seq, source_id, kind, text, time.time()),
+                dedup_window=self.config.dedup_window,
+            )
+        except BaseException as exc:
+            # Not durable, so not accepted: settle it failed rather than deliver something we may forget.
+            if sub.state == "queued":
+                self._resolve([self._ledger.reject(sub, f"state store write failed: {exc!r}")])
+                admission.status = "failed"
+                admission.error = exc
+            if not isinstance(exc, Exception):
+                raise
+            return admission
+        self._wakeup.set()
+        return admission
+
+    async def interrupt(self) -> bool:
+        """Interrupt the active turn. Returns False when no turn is active."""
+        session = self._session
+        if session is None or session.active_turn is None:
+            return False
+        try:
+            await session.connection.request(
+                "turn/interrupt",
+                p.unstructure(p.TurnInterruptParams(session.thread_id, session.active_turn)),
+                timeout=self.config.request_timeout,
+            )
+        except RpcError:
+            return False
+        return True
+
+    async def completion_input(self, completion: Completion) -> CompletionResult:
+        """Deliver a teammate's completion: inject it into the thread, then wake the thread with a trigger turn.
+
+        Idempotent by ``completion.id``: concurrent duplicates coalesce; an already accepted id answers
+        ``accepted`` at once; a retry after a successful inject and a failed trigger does not inject twice.
+        """
+        if self._completions.plan(completion.id) is Plan.ALREADY_ACCEPTED:
+            return CompletionResult("accepted")
+        inflight = self._completion_inflight.get(completion.id)
+        if inflight is not None:
+            await inflight.wait()
+            return self._completion_results.get(completion.id) or CompletionResult("failed", reason="lost")
+        done = self._completion_inflight[completion.id] = trio.Event()
+        try:
+            result = await self._deliver_completion(completion)
+            self._completion_results[completion.id] = result
+            return result
+        finally:
+            del self._completion_inflight[completion.id]
+            done.set()
+            # Coalesced waiters read the result when `done` fires, in this same scheduling round.
+
+    async def _deliver_completion(self, completion: Completion) -> CompletionResult:
+        if self._stopping:
+            return CompletionResult("unsupported", reason="runtime stopped")
+        with trio.move_on_after(self.config.request_timeout):
+            await self.wait_status("ready", "stopping", "stopped", "failed")
+        session = self._session
+        if session is None or self._status != "ready":
+            return CompletionResult("unsupported", reason=f"runtime is {self._status}")
+        if self._completions.plan(completion.id) is Plan.INJECT_AND_TRIGGER:
+            spill_dir = (self.config.spill_dir or default_base_dir() / "spill") / self.runtime_id
+            try:
+                item = await trio.to_thread.run_sync(
+                    build_completion_item, completion, spill_dir, completion_budget(_environ())
+                )
+                await session.connection.request(
+                    "thread/inject_items",
+                    p.unstructure(p.ThreadInjectItemsParams(session.thread_id, [item])),
+                )
+            except (RpcError, OSError, ConnectionLost, RequestTimeout, CodexTrioError) as exc:
+                return CompletionResult(
+                    "failed",
+                    error=exc,
+                    reason=f"teammate completion thread/inject_items failed (requires codex 0.137+): {exc}",
+                )
+            self._completions.mark_injected(completion.id)
+            await self._state.save_completions(self.runtime_id, self._completions.snapshot())
+        source_id = self._completions.next_trigger_source_id(completion.id)
+        admission = await self._admit(source_id, "trigger", COMPLETION_TRIGGER_TEXT)
+        if admission.status == "stopped":
+            return CompletionResult("unsupported", reason="runtime stopped")
+        if not admission.accepted:
+            return CompletionResult("failed", error=admission.error, reason=f"trigger {admission.status}")
+        self._completions.mark_accepted(completion.id)
+        await self._state.save_completions(self.runtime_id, self._completions.snapshot())
+        return CompletionResult("accepted")
+
+    # -- status --------------------------------------------------------------------------------------------
+
+    async def _set_status(self, status: RuntimeStatus, *, error: str | None = None, **extras: Any) -> None:
+        previous = self._status
+        self._status = status
+        self._status_changed.set()
+        self._status_changed = trio.Event()
+        fields: dict[str, Any] = {}
+        if status == "starting":
+            fields["last_started_at"] = time.time()
+        elif status == "ready":
+            fields["last_ready_at"] = time.time()
+            fields["last_error"] = None
+        elif error is not None:
+            fields["last_error"] = error
+        fields.update(extras)
+        if previous != status:
+            self._hub.publish(StatusChanged(status, previous, self._ledger.generation, error))
+        with trio.CancelScope(shield=True):
+            try:
+                await self._state.set_status(self.runtime_id, status, **fields)
+            except Exception as exc:  # a status write must never take the runtime down
+                log.warning("[%s] failed to persist status %s: %r", self.runtime_id, status, exc)
+
+    # -- supervisor ----------------------------------------------------------------------------------------
+
+    async def _supervisor_task(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with trio.CancelScope() as scope:
+                self._supervisor_scope = scope
+                if self._stopping:
+                    scope.cancel()
+                await self._supervise(task_status=task_status)
+        finally:
+            self._supervisor_done.set()
+
+    async def _supervise(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        first = True
+        while True:
+            generation = self._ledger.start_generation()
+            self._tracker.session_started(trio.current_time())
+            await self._set_status("starting")
+            ready = trio.Event()
+            cause: BaseException
+            try:
+                await self._run_session(generation, ready, task_status if first else None)
+                return  # only when stopping
+            except _SessionLost as lost:
+                cause = lost.cause
+            except BaseExceptionGroup as group:
+                cause = _session_cause(group)
+            except (CodexTrioError, OSError) as exc:
+                cause = exc
+            finally:
+                self._session = None
+                self._resolve(self._ledger.session_lost(generation, "app-server session ended"))
+            if self._stopping:
+                return
+            if first and not ready.is_set():
+                await self._set_status("degraded", error=_describe(cause))
+                raise cause
+            first = first and not ready.is_set()
+            self.causes.append(cause)
+            decision = self._tracker.session_failed(trio.current_time(), cause)
+            if decision.give_up:
+                await self._set_status("failed", error=_describe(cause))
+                raise RuntimeGaveUp(
+                    f"runtime {self.runtime_id!r} gave up after {self.restarts} restarts "
+                    f"(more than {self.config.restart.max_restarts} within {self.config.restart.within:g}s)",
+                    list(decision.causes),
+                )
+            self.restarts += 1
+            log.warning("[%s] %s; restarting in %.3gs", self.runtime_id, _describe(cause), decision.delay)
+            await self._set_status("degraded", error=_describe(cause))
+            self._hub.publish(Restarting(decision.attempt, decision.delay, _describe(cause), generation))
+            await trio.sleep(decision.delay)
+
+    async def _run_session(self, generation: int, ready: trio.Event, task_status: trio.TaskStatus[None] | None) -> None:
+        async with trio.open_nursery() as nursery, self._launcher.launch(nursery, generation) as launched:
+            connection = Connection(
+                launched.stream,
+                request_timeout=self.config.request_timeout,
+                server_request_handler=self._approvals,
+            )
+            await nursery.start(connection.run)
+            nursery.start_soon(self._watch_launched, launched.wait_gone)
+            nursery.start_soon(self._watch_connection, connection)
+            # Subscribe before the first request: codex may notify before it answers.
+            notifications = connection.subscribe(buffer=1024, lossless=True)
+            await initialize(
+                connection,
+                info=client_info(self.config.client_name),
+                opt_out_notification_methods=self.config.opt_out_notification_methods,
+                timeout=self.config.handshake_timeout,
+            )
+            await self._apply_skill_roots(connection)
+            thread_id = await self._resolve_thread(connection, generation)
+            session = _Session(generation, connection, thread_id, nursery)
+            session.turn_idle.set()
+            self._session = session
+            nursery.start_soon(self._route, session, notifications)
+            nursery.start_soon(self._turn_worker, session)
+            self._tracker.session_ready(trio.current_time())
+            await self._set_status("ready")
+            ready.set()
+            if task_status is not None:
+                task_status.started()
+            await trio.sleep_forever()
+
+    async def _watch_launched(self, wait_gone: Callable[[], Awaitable[BaseException]]) -> None:
+        raise _SessionLost(await wait_gone())
+
+    async def _watch_connection(self, connection: Connection) -> None:
+        await connection.wait_closed()
+        raise _SessionLost(connection.close_error or ConnectionLost("connection closed"))
+
+    async def _apply_skill_roots(self, connection: Connection) -> None:
+        roots: list[str] = []
+        for source in self.config.skill_sources:
+            if source.layout != "skill-dir":
+                continue
+            root = str(source.path.parent)
+            if root not in roots:
+                roots.append(root)
+        if not roots:
+            return
+        try:
+            await connection.request("skills/extraRoots/set", p.unstructure(p.SkillsExtraRootsSetParams(roots)))
+        except RpcError as exc:
+            from ._errors import MethodNotSupported
+
+            if isinstance(exc, MethodNotSupported):
+                log.warning(
+                    "[%s] skills/extraRoots/set unsupported by this app-server; continuing skill-blind "
+                    "(%d extra root(s) not applied)",
+                    self.runtime_id,
+                    len(roots),
+                )
+                return
+            raise
+        log.info("[%s] applied %d skill extra root(s): %s", self.runtime_id, len(roots), ", ".join(roots))
+
+    async def _resolve_thread(self, connection: Connection, generation: int) -> str:
+        cfg = self.config
+        cwd = str(cfg.cwd) if cfg.cwd is not None else None
+        existing = self._thread_id
+        self._resumed = False
+        if existing is not None:
+            try:
+                await connection.request(
+                    "thread/resume",
+                    p.unstructure(
+                        p.ThreadResumeParams(existing, cfg.base_instructions, cfg.developer_instructions, cwd)
+                    ),
+                )
+            except RpcError as exc:
+                reason = f"thread/resume failed: {exc.rpc_message}"
+                log.warning("[%s] %s for %s; starting a fresh thread", self.runtime_id, reason, existing)
+                new_id = await self._start_thread(connection, cwd)
+                await self._state.record_lost_thread(self.runtime_id, LostThread(existing, new_id, reason, time.time()))
+                lost = ThreadLost(existing, new_id, reason, generation)
+                self._pending_thread_loss = lost
+                self._hub.publish(lost)
+                self._thread_id = new_id
+                self._hub.publish(ThreadReady(new_id, False, generation))
+                return new_id
+            self._resumed = True
+            self._hub.publish(ThreadReady(existing, True, generation))
+            return existing
+        new_id = await self._start_thread(connection, cwd)
+        self._thread_id = new_id
+        await self._state.set_thread_id(self.runtime_id, new_id)
+        self._hub.publish(ThreadReady(new_id, False, generation))
+        return new_id
+
+    async def _start_thread(self, connection: Connection, cwd: str | None) -> str:
+        cfg = self.config
+        raw = await connection.request(
+            "thread/start",
+            p.unstructure(p.ThreadStartParams(cfg.base_instructions, cfg.developer_instructions, cwd)),
+        )
+        return p.structure(raw, p.ThreadStartResult).thread_id
+
+    # -- turn worker ---------------------------------------------------------------------------------------
+
+    async def _turn_worker(self, session: _Session) -> None:
+        ledger = self._ledger
+        steer = self.config.delivery_mode == "steer"
+        while True:
+            sub = ledger.next_queued()
+            if sub is None:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+                continue
+            if session.active_turn is not None and not steer:
+                await session.turn_idle.wait()
+                continue
+            ledger.begin_delivery(sub, session.generation)
+            if sub.kind != "system":
+                session.inbound_seen = True
+            if session.active_turn is not None and await self._steer(session, sub):
+                continue
+            await self._start_turn(session, sub)
+
+    def _input(self, sub: Submission) -> list[p.TextInput]:
+        return [p.TextInput(sub.text)]
+
+    async def _steer(self, session: _Session, sub: Submission) -> bool:
+        expected = session.active_turn
+        assert expected is not None
+        params = p.TurnSteerParams(session.thread_id, expected, self._input(sub), sub.source_id or None)
+        try:
+            raw = await session.connection.request("turn/steer", p.unstructure(params))
+        except RpcError as exc:
+            # The turn ended between our look and codex's: start a new turn instead (the original's behaviour).
+            log.info("[%s] turn/steer into %s refused (%s); starting a new turn", self.runtime_id, expected, exc)
+            if session.active_turn == expected:
+                session.active_turn = None
+                session.turn_idle.set()
+            return False
+        except RequestTimeout as exc:
+            raise _SessionLost(exc) from None
+        except ConnectionLost:
+            await trio.sleep_forever()  # the watcher ends the session
+        turn_id = raw.get("turnId") if isinstance(raw, dict) else None
+        await self._delivered(session, sub, turn_id if isinstance(turn_id, str) else expected)
+        return True
+
+    async def _start_turn(self, session: _Session, sub: Submission) -> None:
+        params = p.TurnStartParams(session.thread_id, self._input(sub), sub.source_id or None)
+        try:
+            raw = await session.connection.request("turn/start", p.unstructure(params))
+            turn_id = p.structure(raw, p.TurnStartResult).turn.id
+        except RpcError as exc:
+            log.error("[%s] turn/start failed for input %r: %s", self.runtime_id, sub.source_id or sub.seq, exc)
+            settled = self._ledger.delivery_failed(sub, f"turn/start rejected: {exc}", session.generation)
+            self._resolve([settled] if settled else [])
+            await self._state_delivered(sub)
+            return
+        except RequestTimeout as exc:
+            raise _SessionLost(exc) from None
+        except ConnectionLost:
+            await trio.sleep_forever()
+        except Exception as exc:  # a malformed answer: the turn may exist, but we cannot track it
+            raise _SessionLost(exc) from None
+        if turn_id not in session.items or session.active_turn is None:
+            session.active_turn = turn_id
+            session.turn_idle = trio.Event()
+        await self._delivered(session, sub, turn_id)
+        self._arm_deadline(session, turn_id)
+
+    async def _delivered(self, session: _Session, sub: Submission, turn_id: str) -> None:
+        settled = self._ledger.delivered(sub, turn_id, session.generation)
+        await self._state_delivered(sub)
+        if settled is not None:
+            self._resolve([settled])
+
+    async def _state_delivered(self, sub: Submission) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                await self._state.delivered(self.runtime_id, sub.seq)
+            except Exception as exc:
+                log.warning("[%s] failed to persist delivery of %s: %r", self.runtime_id, sub.seq, exc)
+
+    def _arm_deadline(self, session: _Session, turn_id: str) -> None:
+        timeout = self.config.turn_timeout
+        if timeout == math.inf:
+            return
+
+        async def deadline() -> None:
+            await trio.sleep(timeout)
+            if session is not self._session or turn_id not in self._turns_open(session):
+                return
+            message = f"turn {turn_id} exceeded its {timeout:g}s deadline and was interrupted"
+            self._finish_turn(session, TurnOutcome("failed", turn_id, error=message))
+            try:
+                await session.connection.request(
+                    "turn/interrupt", p.unstructure(p.TurnInterruptParams(session.thread_id, turn_id))
+                )
+            except (RpcError, ConnectionLost, RequestTimeout):
+                pass
+
+        session.nursery.start_soon(deadline)
+
+    def _turns_open(self, session: _Session) -> set[str]:
+        return {s.turn_id for s in self._ledger.in_flight() if s.turn_id} | (
+            {session.active_turn} if session.active_turn else set()
+        )
+
+    # -- notifications -------------------------------------------------------------------------------------
+
+    async def _route(self, session: _Session, notifications: Any) -> None:
+        gen = session.generation
+        async for note in notifications:
+            method = note.method
+            if method == "item/agentMessage/delta":
+                params = note.params
+                self._hub.publish(
+                    AgentMessageDelta(
+                        str(params.get("turnId")), str(params.get("itemId")), str(params.get("delta", "")), gen
+                    )
+                )
+            elif method == "item/completed" or method == "item/started":
+                self._on_item(session, note)
+            elif method == "turn/started":
+                turn = _structure_or_none(note, p.TurnNotification)
+                if turn is not None:
+                    if session.active_turn is None:
+                        session.active_turn = turn.turn.id
+                        session.turn_idle = trio.Event()
+                    self._hub.publish(TurnStarted(turn.turn.id, gen))
+            elif method == "turn/completed":
+                turn = _structure_or_none(note, p.TurnNotification)
+                if turn is not None:
+                    self._finish_turn(session, self._outcome(session, turn.turn))
+            elif method == "error":
+                err = _structure_or_none(note, p.ErrorNotification)
+                if err is not None and err.will_retry is False:
+                    turn_id = err.turn_id or session.active_turn
+                    if turn_id is not None:
+                        outcome = TurnOutcome("failed", turn_id, error=err.error.message)
+                        self._resolve(self._ledger.turn_ended(outcome, gen))
+
+    def _on_item(self, session: _Session, note: Notification) -> None:
+        parsed = _structure_or_none(note, p.ItemNotification)
+        if parsed is None:
+            return
+        if note.method == "item/completed":
+            session.items.setdefault(parsed.turn_id, []).append(parsed.item)
+            self._hub.publish(
+                ItemCompleted(parsed.turn_id, parsed.item.type, parsed.item.id, parsed.item.raw, session.generation)
+            )
+        else:
+            self._hub.publish(
+                ItemStarted(parsed.turn_id, parsed.item.type, parsed.item.id, parsed.item.raw, session.generation)
+            )
+
+    def _outcome(self, session: _Session, turn: p.Turn) -> TurnOutcome:
+        items = tuple(session.items.pop(turn.id, []) or turn.items)
+        text = None
+        for item in reversed(items):
+            if item.type == "agentMessage" and item.text:
+                text = item.text
+                break
+        if turn.status == "completed":
+            return TurnOutcome("completed", turn.id, text, tuple(i.raw for i in items))
+        if turn.status == "interrupted":
+            return TurnOutcome("interrupted", turn.id, text, tuple(i.raw for i in items), "turn was interrupted")
+        message = turn.error.message if turn.error is not None else f"turn ended with status {turn.status}"
+        return TurnOutcome("failed", turn.id, text, tuple(i.raw for i in items), message or "codex turn failed")
+
+    def _finish_turn(self, session: _Session, outcome: TurnOutcome) -> None:
+        if outcome.turn_id is not None and session.active_turn == outcome.turn_id:
+            session.active_turn = None
+            session.turn_idle.set()
+        self._hub.publish(
+            TurnCompleted(outcome.turn_id or "", outcome.outcome, outcome.text, outcome.error, session.generation)
+        )
+        self._resolve(self._ledger.turn_ended(outcome, session.generation))
+
+    # -- settlements ---------------------------------------------------------------------------------------
+
+    def _resolve(self, settlements: list[Settlement]) -> None:
+        for settlement in settlements:
+            if settlement.outcome == "completed" and settlement.text:
+                self._last_result = settlement
+            admission = self._admissions.pop(settlement.seq, None)
+            if admission is not None:
+                admission._settlement = settlement
+                assert admission._done is not None
+                admission._done.set()
+            self._hub.publish(SubmissionSettled(settlement))
+            if self._n0 is not None and not (settlement.outcome == "stopped" and settlement.generation is None):
+                self._n0.start_soon(self._persist_settlement, settlement)
+
+    async def _persist_settlement(self, settlement: Settlement) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                await self._state.settle(
+                    self.runtime_id,
+                    StoredSettlement(
+                        settlement.seq,
+                        settlement.source_id,
+                        settlement.outcome,
+                        settlement.turn_id,
+                        settlement.error,
+                        time.time(),
+                    ),
+                )
+            except Exception as exc:
+                log.warning("[%s] failed to persist settlement %s: %r", self.runtime_id, settlement.seq, exc)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    async def _load(self, checkpoint: Checkpoint | None) -> None:
+        snapshot = await self._state.load(self.runtime_id)
+        self._thread_id = snapshot.record.thread_id
+        if checkpoint is not None:
+            self._thread_id = checkpoint.id
+        self._ledger = Ledger(dedup_window=self.config.dedup_window, next_seq=snapshot.next_seq)
+        self._ledger.restore(
+            snapshot.dedup_ids,
+            [(s.seq, s.source_id, _kind(s.kind), s.text) for s in snapshot.pending],
+        )
+        for sub in self._ledger.queued:
+            self._admissions[sub.seq] = Admission("queued", sub.source_id, sub.seq, _done=trio.Event())
+        if snapshot.completions is not None:
+            self._completions.restore(snapshot.completions)
+
+    async def aclose(self) -> None:
+        """Stop: no new input; the session is cancelled and its child reaped; open inputs settle ``stopped``.
+
+        Inputs accepted but never delivered stay pending in a durable state store and are delivered by the next
+        ``open_runtime`` on the same store.
+        """
+        if self._stopping:
+            return
+        self._stopping = True
+        with trio.CancelScope(shield=True):
+            await self._set_status("stopping")
+            if self._supervisor_scope is not None:
+                self._supervisor_scope.cancel()
+
+
+def _kind(value: str) -> SubmissionKind:
+    if value in ("channel", "system", "trigger"):
+        return value  # type: ignore[return-value]
+    return "channel"
+
+
+def _environ() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def _structure_or_none(note: Notification, cls: type[Any]) -> Any:
+    try:
+        return p.structure(note.params, cls)
+    except Exception as exc:
+        log.debug("ignoring malformed %s notification: %r", note.method, exc)
+        return None
+
+
+def _describe(cause: BaseException) -> str:
+    text = str(cause).strip() or type(cause).__name__
+    return text.splitlines()[0] if len(text) > 500 else text
+
+
+def _session_cause(group: BaseExceptionGroup[Any]) -> BaseException:
+    from ._util import leaf_exceptions
+
+    leaves = leaf_exceptions(group)
+    for leaf in leaves:
+        if isinstance(leaf, _SessionLost):
+            return leaf.cause
+    for leaf in leaves:
+        if not isinstance(leaf, trio.Cancelled):
+            if isinstance(leaf, (KeyboardInterrupt, SystemExit)):
+                raise leaf
+            return leaf
+    raise group
+
+
+@asynccontextmanager
+async def open_runtime(
+    config: RuntimeConfig,
+    *,
+    state: StateStore | None = None,
+    launcher: Launcher | None = None,
+    approvals: ServerRequestHandler | None = None,
+    checkpoint: Checkpoint | None = None,
+) -> AsyncIterator[Runtime]:
+    """Start a runtime and keep it alive until the block exits.
+
+    Returns once the first session is ready (the app-server is up, the handshake is done and the thread is
+    started or resumed); a failure of that first start raises here, with its cause. Later failures restart the
+    session with backoff; past the restart intensity the block is cancelled and :class:`RuntimeGaveUp` raised.
+    No ExceptionGroup escapes.
+    """
+    if not isinstance(config, RuntimeConfig):
+        raise TypeError(f"open_runtime() takes a RuntimeConfig (got {type(config).__name__})")
+    if checkpoint is not None and checkpoint.kind != "codexThread":
+        raise ConfigError(
+            f"unsupported resume checkpoint for Codex runtime: {checkpoint.kind!r} (expected 'codexThread')",
+            field="checkpoint",
+            value=checkpoint,
+        )
+    if approvals is None:
+        from ._approvals import ApprovalPolicy
+
+        approvals = ApprovalPolicy()
+    runtime = Runtime(config, state or MemoryStateStore(), launcher or ProcessLauncher(config), approvals)
+    await runtime._load(checkpoint)
+    with collapse_exception_groups():
+        async with trio.open_nursery() as n0:
+            runtime._n0 = n0
+            try:
+                await n0.start(runtime._supervisor_task)
+                yield runtime
+            finally:
+                await runtime.aclose()
+                with trio.CancelScope(shield=True):
+                    # Wait for the supervisor to unwind (the child is reaped in a shielded finally).
+                    await runtime._supervisor_done.wait()
+                    runtime._resolve(runtime._ledger.stop())
+                    await runtime._set_status("stopped")
+                    runtime._hub.close()
+                n0.cancel_scope.cancel()
