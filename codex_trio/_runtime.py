@@ -35,6 +35,7 @@ from ._completions import (
     Plan,
     build_completion_item,
     completion_budget,
+    needs_spill,
 )
 from ._config import RuntimeConfig
 from ._connection import Connection, ServerRequestHandler
@@ -75,6 +76,8 @@ log = logging.getLogger("codex_trio.runtime")
 
 #: codex rejects larger turn input with -32602 input_too_large (codex-app-server.md §8); refuse it up front.
 MAX_INPUT_CHARS: Final = 1_048_576
+
+_REMEMBERED_ENDED_TURNS: Final = 256
 
 AdmissionStatus = Literal["submitted", "queued", "duplicate", "failed", "stopped", "skipped"]
 SystemReason = Literal["restart-notice", "teammate-completion", "runtime-control"]
@@ -140,6 +143,17 @@ class _Session:
     items: dict[str, list[p.Item]] = attrs.field(factory=dict)
     inbound_seen: bool = False
     notice_sent: bool = False
+    #: Turns that reached their terminal, newest last (bounded). codex may send ``turn/completed`` before the
+    #: ``turn/start`` answer is processed; such a turn must not become the active turn again.
+    ended_turns: dict[str, None] = attrs.field(factory=dict)
+
+    def turn_ended(self, turn_id: str) -> bool:
+        return turn_id in self.ended_turns
+
+    def mark_ended(self, turn_id: str) -> None:
+        self.ended_turns[turn_id] = None
+        while len(self.ended_turns) > _REMEMBERED_ENDED_TURNS:
+            del self.ended_turns[next(iter(self.ended_turns))]
 
 
 class Runtime:
@@ -304,7 +318,7 @@ class Runtime:
                 p.unstructure(p.TurnInterruptParams(session.thread_id, session.active_turn)),
                 timeout=self.config.request_timeout,
             )
-        except RpcError:
+        except (RpcError, ConnectionLost):  # no such turn any more, or the session is going away with it
             return False
         return True
 
@@ -341,9 +355,12 @@ class Runtime:
         if self._completions.plan(completion.id) is Plan.INJECT_AND_TRIGGER:
             spill_dir = (self.config.spill_dir or default_base_dir() / "spill") / self.runtime_id
             try:
-                item = await trio.to_thread.run_sync(
-                    build_completion_item, completion, spill_dir, completion_budget(_environ())
-                )
+                budget = completion_budget(_environ())
+                if needs_spill(completion.result, budget):
+                    # Only a spill touches the disk; the common small result needs no thread hop.
+                    item = await trio.to_thread.run_sync(build_completion_item, completion, spill_dir, budget)
+                else:
+                    item = build_completion_item(completion, spill_dir, budget)
                 await session.connection.request(
                     "thread/inject_items",
                     p.unstructure(p.ThreadInjectItemsParams(session.thread_id, [item])),
@@ -421,7 +438,9 @@ class Runtime:
                 cause = exc
             finally:
                 self._session = None
-                self._resolve(self._ledger.session_lost(generation, "app-server session ended"))
+                if not self._stopping:
+                    # When stopping, ledger.stop() settles what was in flight "stopped" instead.
+                    self._resolve(self._ledger.session_lost(generation, "app-server session ended"))
             if self._stopping:
                 return
             if first and not ready.is_set():
@@ -547,7 +566,17 @@ class Runtime:
             "thread/start",
             p.unstructure(p.ThreadStartParams(cfg.base_instructions, cfg.developer_instructions, cwd)),
         )
-        return p.structure(raw, p.ThreadStartResult).thread_id
+        thread_id = p.structure(raw, p.ThreadStartResult).thread_id
+        # codex 0.169 writes a thread's rollout only when something is recorded in it; a thread that never ran
+        # a turn cannot be resumed after a restart ("no rollout found") and would be lost needlessly. Naming
+        # the thread records it without putting anything into the model's context (inject_items would).
+        try:
+            await connection.request(
+                "thread/name/set", {"threadId": thread_id, "name": f"codex_trio:{self.runtime_id}"}
+            )
+        except RpcError as exc:
+            log.warning("[%s] could not persist new thread %s early: %s", self.runtime_id, thread_id, exc)
+        return thread_id
 
     # -- turn worker ---------------------------------------------------------------------------------------
 
@@ -611,11 +640,12 @@ class Runtime:
             await trio.sleep_forever()
         except Exception as exc:  # a malformed answer: the turn may exist, but we cannot track it
             raise _SessionLost(exc) from None
-        if turn_id not in session.items or session.active_turn is None:
+        if not session.turn_ended(turn_id) and session.active_turn != turn_id:
             session.active_turn = turn_id
             session.turn_idle = trio.Event()
         await self._delivered(session, sub, turn_id)
-        self._arm_deadline(session, turn_id)
+        if not session.turn_ended(turn_id):
+            self._arm_deadline(session, turn_id)
 
     async def _delivered(self, session: _Session, sub: Submission, turn_id: str) -> None:
         settled = self._ledger.delivered(sub, turn_id, session.generation)
@@ -673,7 +703,7 @@ class Runtime:
             elif method == "turn/started":
                 turn = _structure_or_none(note, p.TurnNotification)
                 if turn is not None:
-                    if session.active_turn is None:
+                    if session.active_turn is None and not session.turn_ended(turn.turn.id):
                         session.active_turn = turn.turn.id
                         session.turn_idle = trio.Event()
                     self._hub.publish(TurnStarted(turn.turn.id, gen))
@@ -718,6 +748,10 @@ class Runtime:
         return TurnOutcome("failed", turn.id, text, tuple(i.raw for i in items), message or "codex turn failed")
 
     def _finish_turn(self, session: _Session, outcome: TurnOutcome) -> None:
+        if outcome.turn_id is not None:
+            if session.turn_ended(outcome.turn_id):
+                return  # e.g. the turn/completed of a turn whose deadline already failed it
+            session.mark_ended(outcome.turn_id)
         if outcome.turn_id is not None and session.active_turn == outcome.turn_id:
             session.active_turn = None
             session.turn_idle.set()
@@ -785,7 +819,8 @@ class Runtime:
             return
         self._stopping = True
         with trio.CancelScope(shield=True):
-            await self._set_status("stopping")
+            if self._status != "failed":  # a runtime that gave up stays "failed"
+                await self._set_status("stopping")
             if self._supervisor_scope is not None:
                 self._supervisor_scope.cancel()
 
@@ -820,14 +855,21 @@ def _session_cause(group: BaseExceptionGroup[Any]) -> BaseException:
 
     leaves = leaf_exceptions(group)
     for leaf in leaves:
-        if isinstance(leaf, _SessionLost):
-            return leaf.cause
-    for leaf in leaves:
-        if not isinstance(leaf, trio.Cancelled):
-            if isinstance(leaf, (KeyboardInterrupt, SystemExit)):
-                raise leaf
-            return leaf
-    raise group
+        if isinstance(leaf, (KeyboardInterrupt, SystemExit)):
+            raise leaf
+    causes = [
+        leaf.cause if isinstance(leaf, _SessionLost) else leaf
+        for leaf in leaves
+        if not isinstance(leaf, trio.Cancelled)
+    ]
+    if not causes:
+        raise group
+    # A failing session closes its stream on the way out, so a watcher often reports a ConnectionLost that is
+    # only a consequence (of a handshake timeout, a child exit, ...): the first other cause explains more.
+    for cause in causes:
+        if not isinstance(cause, ConnectionLost):
+            return cause
+    return causes[0]
 
 
 @asynccontextmanager
@@ -872,6 +914,7 @@ async def open_runtime(
                     # Wait for the supervisor to unwind (the child is reaped in a shielded finally).
                     await runtime._supervisor_done.wait()
                     runtime._resolve(runtime._ledger.stop())
-                    await runtime._set_status("stopped")
+                    if runtime._status != "failed":
+                        await runtime._set_status("stopped")
                     runtime._hub.close()
                 n0.cancel_scope.cancel()

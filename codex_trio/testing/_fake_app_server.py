@@ -38,6 +38,7 @@ _KNOWN_METHODS = (
     "turn/interrupt",
     "thread/inject_items",
     "skills/extraRoots/set",
+    "thread/name/set",
 )
 
 
@@ -425,6 +426,10 @@ class FakeAppServer:
             if not isinstance(item, dict) or "type" not in item:
                 raise FakeRpcError(f"items[{index}] is not a valid response item: missing field `type`")
         thread.injected.extend(items)
+        return {}
+
+    async def _m_thread_name_set(self, conn: _FakeConnection, params: dict[str, Any]) -> dict[str, Any]:
+        self._thread(params)
         return {}
 
     async def _m_skills_extraRoots_set(self, conn: _FakeConnection, params: dict[str, Any]) -> dict[str, Any]:
