@@ -1,1 +1,61 @@
-"""The codex_trio testing kit: a scriptable fake app-server, a mock Responses API model, pytest fixtures."""
+"""The codex_trio testing kit.
+
+* :class:`FakeAppServer` — an in-process, scriptable app-server speaking the codex 0.169 wire protocol (over a
+  Unix-socket WebSocket or memory streams); also runnable as a child process with
+  ``python -m codex_trio.testing.fake_app_server --listen unix://PATH``.
+* :class:`FakeLauncher` — run a whole runtime against a FakeAppServer in virtual time, with kills and drops.
+* :class:`MockModelServer` — the OpenAI Responses API over SSE on 127.0.0.1, scripted, so the *real* codex binary
+  runs offline; :func:`write_codex_home` points a fresh ``CODEX_HOME`` at it.
+* pytest fixtures (registered automatically): ``fake_app_server``, ``fake_launcher``, ``mock_model``,
+  ``codex_bin``, ``codex_home``.
+"""
+
+from ._fake_app_server import (
+    FakeAppServer as FakeAppServer,
+)
+from ._fake_app_server import (
+    FakeRpcError as FakeRpcError,
+)
+from ._fake_app_server import (
+    ServerRequestSpec as ServerRequestSpec,
+)
+from ._fake_app_server import (
+    TurnScript as TurnScript,
+)
+from ._launchers import FakeLauncher as FakeLauncher
+from ._mock_model import (
+    ExecCommand as ExecCommand,
+)
+from ._mock_model import (
+    Fail as Fail,
+)
+from ._mock_model import (
+    Hang as Hang,
+)
+from ._mock_model import (
+    MockModelServer as MockModelServer,
+)
+from ._mock_model import (
+    Text as Text,
+)
+from ._mock_model import (
+    write_codex_home as write_codex_home,
+)
+from ._real_codex import find_codex_bin as find_codex_bin
+from ._real_codex import require_codex_bin as require_codex_bin
+
+__all__ = [
+    "ExecCommand",
+    "Fail",
+    "FakeAppServer",
+    "FakeLauncher",
+    "FakeRpcError",
+    "Hang",
+    "MockModelServer",
+    "ServerRequestSpec",
+    "Text",
+    "TurnScript",
+    "find_codex_bin",
+    "require_codex_bin",
+    "write_codex_home",
+]

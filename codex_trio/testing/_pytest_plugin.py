@@ -1,1 +1,50 @@
 """pytest fixtures of the codex_trio testing kit (registered through the ``pytest11`` entry point)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ._fake_app_server import FakeAppServer
+from ._launchers import FakeLauncher
+from ._mock_model import MockModelServer, write_codex_home
+from ._real_codex import require_codex_bin
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "real_codex: needs the real codex app-server binary (fails under CI=true when it is missing)"
+    )
+
+
+@pytest.fixture
+def fake_app_server() -> FakeAppServer:
+    """A fresh in-process FakeAppServer."""
+    return FakeAppServer()
+
+
+@pytest.fixture
+def fake_launcher(fake_app_server: FakeAppServer) -> FakeLauncher:
+    """A launcher that runs a runtime against ``fake_app_server`` over memory streams."""
+    return FakeLauncher(fake_app_server)
+
+
+@pytest.fixture
+def mock_model() -> Iterator[MockModelServer]:
+    """A scripted Responses API on 127.0.0.1 (closed after the test)."""
+    with MockModelServer() as model:
+        yield model
+
+
+@pytest.fixture
+def codex_bin() -> str:
+    """The real codex binary; skips without it, or fails when the ``CI`` environment variable is set."""
+    return require_codex_bin()
+
+
+@pytest.fixture
+def codex_home(tmp_path: Path, mock_model: MockModelServer) -> Path:
+    """A fresh CODEX_HOME whose config.toml points codex at ``mock_model`` (no login, no key)."""
+    return write_codex_home(tmp_path / "codex-home", mock_model.url)
