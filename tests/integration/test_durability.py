@@ -1,0 +1,55 @@
+"""Host restart on a durable store: the thread is resumed, redelivered ids are duplicates, and input that was
+accepted but never reached codex is delivered by the next open_runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+import codex_trio
+from codex_trio import AppServerExited, ChannelInput, RestartPolicy, RuntimeConfig, SqliteStateStore
+from codex_trio.testing import FakeAppServer, FakeLauncher
+
+
+async def test_host_restart_delivers_pending_and_refuses_redelivery(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    db = tmp_path / "host.db"
+    fake = FakeAppServer()  # the same "codex home" across both hosts: threads survive
+    config = RuntimeConfig(runtime_id="durable", restart=RestartPolicy(base_delay=1, max_restarts=100))
+
+    # Host 1: one turn completes; then the app-server dies and cannot come back; an input arrives meanwhile.
+    launcher = FakeLauncher(fake)
+    store = SqliteStateStore(db)
+    async with codex_trio.open_runtime(config, state=store, launcher=launcher) as runtime:
+        thread_id = runtime.thread_id
+        done = await (await runtime.submit(ChannelInput("m1", "first"))).settled()
+        assert done.outcome == "completed"
+        launcher.fail_next = [AppServerExited("no codex today", returncode=1)] * 50
+        launcher.kill()
+        await runtime.wait_status("degraded")
+        pending = await runtime.submit(ChannelInput("m2", "while codex is down"))
+        assert pending.status == "queued"
+    assert (await pending.settled()).outcome == "stopped"
+    await store.aclose()
+    assert fake.requests("turn/start")[-1]["clientUserMessageId"] == "m1"
+
+    # Host 2, same database: resumes the thread, delivers m2, refuses m1 and m2 as duplicates.
+    store = SqliteStateStore(db)
+    launcher = FakeLauncher(fake)
+    async with codex_trio.open_runtime(config, state=store, launcher=launcher) as runtime:
+        assert runtime.thread_id == thread_id and runtime.thread_resumed
+        with trio.fail_after(30):
+            while len(fake.requests("turn/start")) < 2:
+                await trio.sleep(0.1)
+        assert fake.requests("turn/start")[-1]["clientUserMessageId"] == "m2"
+        assert (await runtime.submit(ChannelInput("m1", "again"))).status == "duplicate"
+        assert (await runtime.submit(ChannelInput("m2", "again"))).status == "duplicate"
+        fresh = await runtime.submit(ChannelInput("m3", "new"))
+        assert (await fresh.settled()).outcome == "completed"
+    assert [r["clientUserMessageId"] for r in fake.requests("turn/start")] == ["m1", "m2", "m3"]
+    snapshot = await store.load("durable")
+    assert snapshot.pending == []
+    assert snapshot.record.status == "stopped"
+    await store.aclose()
