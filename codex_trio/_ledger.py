@@ -18,8 +18,9 @@ Every input the runtime accepts becomes a :class:`Submission` with a runtime-wid
   so a late response or notification can never touch the live session's submissions.
 * **Exactly once**: :meth:`_settle` is the only place a submission gets its settlement and it refuses a second
   one. A turn's terminal can arrive *before* the ``turn/start`` response that names the turn (codex emits
-  notifications out of order), so terminals of unknown turns are remembered (bounded) and applied when the
-  delivery is recorded.
+  notifications out of order), or before the ``turn/steer`` response of an input that joined it, so turn
+  terminals are remembered (bounded; the first terminal of a turn wins) and applied when a delivery into that
+  turn is recorded later.
 * **Session lost**: input that was delivering or delivered when the child died settles ``interrupted`` and is
   not re-run (it may have had side effects); queued input stays queued for the next session.
 """
@@ -173,7 +174,8 @@ class Ledger:
             return None
         sub.state = "delivered"
         sub.turn_id = turn_id
-        terminal = self._terminals.pop(turn_id, None)
+        # get, not pop: several inputs may join a turn (turn/steer) whose terminal overtook their answers.
+        terminal = self._terminals.get(turn_id)
         if terminal is not None:
             return self._settle_with(sub, terminal)
         self._by_turn.setdefault(turn_id, []).append(sub)
@@ -189,11 +191,14 @@ class Ledger:
         """A turn reached its terminal; every submission in it settles with that outcome."""
         if generation != self.generation or terminal.turn_id is None:
             return []
-        subs = self._by_turn.pop(terminal.turn_id, None)
-        if subs is None:
+        # Remember every terminal (bounded), not only those of unknown turns: an input steered into this turn
+        # may still be waiting for its turn/steer answer, and it must settle with this terminal when it comes.
+        if terminal.turn_id not in self._terminals:
             self._terminals[terminal.turn_id] = terminal
             while len(self._terminals) > _REMEMBERED_TERMINALS:
                 self._terminals.popitem(last=False)
+        subs = self._by_turn.pop(terminal.turn_id, None)
+        if subs is None:
             return []
         return [s for s in (self._settle_with(sub, terminal) for sub in subs) if s is not None]
 

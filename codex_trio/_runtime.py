@@ -78,6 +78,7 @@ log = logging.getLogger("codex_trio.runtime")
 MAX_INPUT_CHARS: Final = 1_048_576
 
 _REMEMBERED_ENDED_TURNS: Final = 256
+_KEPT_CAUSES: Final = 10
 
 AdmissionStatus = Literal["submitted", "queued", "duplicate", "failed", "stopped", "skipped"]
 SystemReason = Literal["restart-notice", "teammate-completion", "runtime-control"]
@@ -126,6 +127,14 @@ class CompletionResult:
     reason: str | None = None
 
 
+@attrs.define(eq=False)
+class _InflightCompletion:
+    """One completion delivery in progress; concurrent duplicates wait on it and share its result."""
+
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: CompletionResult | None = None
+
+
 class _SessionLost(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
@@ -143,6 +152,9 @@ class _Session:
     items: dict[str, list[p.Item]] = attrs.field(factory=dict)
     inbound_seen: bool = False
     notice_sent: bool = False
+    #: Turns we asked codex to interrupt (with the outcome to report instead of codex's, for a deadline). The
+    #: worker delivers nothing while the active turn is in here: it waits for the turn's end.
+    interrupting: dict[str, TurnOutcome | None] = attrs.field(factory=dict)
     #: Turns that reached their terminal, newest last (bounded). codex may send ``turn/completed`` before the
     #: ``turn/start`` answer is processed; such a turn must not become the active turn again.
     ended_turns: dict[str, None] = attrs.field(factory=dict)
@@ -186,8 +198,7 @@ class Runtime:
         self._supervisor_scope: trio.CancelScope | None = None
         self._supervisor_done = trio.Event()
         self._completions = CompletionLedger()
-        self._completion_inflight: dict[str, trio.Event] = {}
-        self._completion_results: dict[str, CompletionResult] = {}
+        self._completion_inflight: dict[str, _InflightCompletion] = {}
         self._pending_thread_loss: ThreadLost | None = None
         self.restarts = 0
         self.causes: list[BaseException] = []
@@ -312,13 +323,17 @@ class Runtime:
         session = self._session
         if session is None or session.active_turn is None:
             return False
+        turn_id = session.active_turn
+        session.interrupting.setdefault(turn_id, None)
         try:
             await session.connection.request(
                 "turn/interrupt",
-                p.unstructure(p.TurnInterruptParams(session.thread_id, session.active_turn)),
+                p.unstructure(p.TurnInterruptParams(session.thread_id, turn_id)),
                 timeout=self.config.request_timeout,
             )
         except (RpcError, ConnectionLost):  # no such turn any more, or the session is going away with it
+            if turn_id in session.interrupting and session.interrupting[turn_id] is None:
+                del session.interrupting[turn_id]  # ours, not a deadline's: let input join or follow it again
             return False
         return True
 
@@ -332,17 +347,16 @@ class Runtime:
             return CompletionResult("accepted")
         inflight = self._completion_inflight.get(completion.id)
         if inflight is not None:
-            await inflight.wait()
-            return self._completion_results.get(completion.id) or CompletionResult("failed", reason="lost")
-        done = self._completion_inflight[completion.id] = trio.Event()
+            await inflight.done.wait()
+            # None: the delivering call was cancelled before it had an answer.
+            return inflight.result or CompletionResult("failed", reason="the coalesced delivery was cancelled")
+        inflight = self._completion_inflight[completion.id] = _InflightCompletion()
         try:
-            result = await self._deliver_completion(completion)
-            self._completion_results[completion.id] = result
-            return result
+            inflight.result = await self._deliver_completion(completion)
+            return inflight.result
         finally:
             del self._completion_inflight[completion.id]
-            done.set()
-            # Coalesced waiters read the result when `done` fires, in this same scheduling round.
+            inflight.done.set()
 
     async def _deliver_completion(self, completion: Completion) -> CompletionResult:
         if self._stopping:
@@ -448,6 +462,7 @@ class Runtime:
                 raise cause
             first = first and not ready.is_set()
             self.causes.append(cause)
+            del self.causes[:-_KEPT_CAUSES]  # a runtime that lives for months must not grow with its crashes
             decision = self._tracker.session_failed(trio.current_time(), cause)
             if decision.give_up:
                 await self._set_status("failed", error=_describe(cause))
@@ -589,7 +604,8 @@ class Runtime:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
                 continue
-            if session.active_turn is not None and not steer:
+            active = session.active_turn
+            if active is not None and (not steer or active in session.interrupting):
                 await session.turn_idle.wait()
                 continue
             ledger.begin_delivery(sub, session.generation)
@@ -670,13 +686,18 @@ class Runtime:
             if session is not self._session or turn_id not in self._turns_open(session):
                 return
             message = f"turn {turn_id} exceeded its {timeout:g}s deadline and was interrupted"
-            self._finish_turn(session, TurnOutcome("failed", turn_id, error=message))
+            outcome = TurnOutcome("failed", turn_id, error=message)
+            # Its inputs settle now, but the turn stays active (new input kept away from it) until codex has
+            # interrupted it: a turn/start before that would be refused, a turn/steer would join a dying turn.
+            self._resolve(self._ledger.turn_ended(outcome, session.generation))
+            session.interrupting[turn_id] = outcome
             try:
                 await session.connection.request(
                     "turn/interrupt", p.unstructure(p.TurnInterruptParams(session.thread_id, turn_id))
                 )
             except (RpcError, ConnectionLost, RequestTimeout):
                 pass
+            self._finish_turn(session, outcome)  # a no-op when its turn/completed came first
 
         session.nursery.start_soon(deadline)
 
@@ -752,6 +773,7 @@ class Runtime:
             if session.turn_ended(outcome.turn_id):
                 return  # e.g. the turn/completed of a turn whose deadline already failed it
             session.mark_ended(outcome.turn_id)
+            outcome = session.interrupting.pop(outcome.turn_id, None) or outcome
         if outcome.turn_id is not None and session.active_turn == outcome.turn_id:
             session.active_turn = None
             session.turn_idle.set()
