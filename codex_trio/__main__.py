@@ -1,0 +1,5 @@
+"""``python -m codex_trio``: the ``codex-trio`` command."""
+
+from codex_trio.cli import main
+
+raise SystemExit(main())

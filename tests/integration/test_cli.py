@@ -1,0 +1,392 @@
+"""The ``codex-trio`` command without the real codex: arguments, ``status`` on a real SQLite file, ``doctor``
+with a fake binary, and the live event view. (``send``/``chat``/``demo`` on the real binary are in
+``tests/real/test_demo_real.py``.)"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from codex_trio._events import (
+    AgentMessageDelta,
+    EventHub,
+    ItemCompleted,
+    Restarting,
+    StatusChanged,
+    SubmissionSettled,
+    ThreadReady,
+    TurnCompleted,
+)
+from codex_trio._ledger import Settlement
+from codex_trio._state import LostThread, SqliteStateStore, StoredSettlement, StoredSubmission
+from codex_trio.cli import Console, LiveView, main
+
+GUARD = 10
+
+
+@pytest.fixture(autouse=True)
+def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing a test runs may touch the user's ~/.local/state (the default database lives there)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+    monkeypatch.delenv("NO_COLOR", raising=False)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# --- bad arguments: a clear message on stderr, exit status 2 -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ((), "the following arguments are required: COMMAND"),
+        (("bogus",), "invalid choice: 'bogus'"),
+        (("--bogus",), "required: COMMAND"),
+        (("demo", "--bogus"), "codex-trio demo: error: unrecognized arguments: --bogus"),
+        (("demo", "extra"), "unrecognized arguments: extra"),
+        (("send",), "the following arguments are required: TEXT"),
+        (("send", "hi", "--source-id"), "argument --source-id: expected one argument"),
+        (("send", "hi", "--bogus"), "unrecognized arguments: --bogus"),
+        (("send", "   "), "TEXT must not be empty"),
+        (("send", "hi", "--runtime-id", "bad id"), "--runtime-id: RuntimeConfig.runtime_id='bad id'"),
+        (("send", "hi", "--cwd", "/nonexistent/ct-cwd"), "--cwd '/nonexistent/ct-cwd': not a directory"),
+        (("chat", "--bogus"), "unrecognized arguments: --bogus"),
+        (("chat", "extra"), "unrecognized arguments: extra"),
+        (("chat", "--runtime-id", "../escape"), "--runtime-id: RuntimeConfig.runtime_id='../escape'"),
+        (("status", "extra"), "unrecognized arguments: extra"),
+        (("status", "--offline"), "unrecognized arguments: --offline"),
+        (("status", "--runtime-id", ""), "--runtime-id: RuntimeConfig.runtime_id=''"),
+        (("doctor", "--bogus"), "unrecognized arguments: --bogus"),
+        (("doctor", "--db", "x.db"), "unrecognized arguments: --db"),
+        (("doctor", "--cwd", "/nonexistent/codex-trio-cwd"), "not a directory"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], message: str
+) -> None:
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err
+    assert "error" in err
+    assert out == ""
+
+
+def test_db_that_is_a_directory_is_a_usage_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(capsys, "status", "--db", str(tmp_path))
+    assert code == 2
+    assert "is a directory, not a database file" in err
+    code, _, err = run(capsys, "send", "hi", "--db", str(tmp_path))
+    assert code == 2
+    assert "is a directory" in err
+
+
+def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for command in ("demo", "send", "chat", "status", "doctor"):
+        assert command in out
+    code, out, _ = run(capsys, "--version")
+    assert code == 0
+    assert out.startswith("codex-trio ")
+    code, out, _ = run(capsys, "send", "--help")
+    assert code == 0
+    assert "--source-id" in out and "--offline" in out
+
+
+def test_missing_binary_is_a_clear_failure_not_a_usage_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "no-codex-here")
+    code, _, err = run(capsys, "demo", "--codex-bin", missing)
+    assert code == 1
+    assert "no runnable codex binary found" in err and missing in err
+    assert "./dev demo" in err
+    code, _, err = run(capsys, "send", "hi", "--offline", "--codex-bin", missing)
+    assert code == 1
+    assert "no runnable codex binary found" in err
+
+
+def test_module_entry_point_runs_main(tmp_path: Path) -> None:
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "codex_trio", "status", "extra"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "codex-trio status: error: unrecognized arguments: extra" in done.stderr
+
+
+# --- status ---------------------------------------------------------------------------------------------------
+
+
+def test_status_without_a_database_does_not_create_one(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    code, out, _ = run(capsys, "status", "--db", str(db))
+    assert code == 0
+    assert "no runtimes" in out and "does not exist" in out
+    code, out, _ = run(capsys, "status", "--db", str(db), "--json")
+    assert code == 0
+    assert json.loads(out) == {"db": str(db), "exists": False, "runtimes": []}
+    assert not db.exists()
+
+
+def test_status_default_db_is_under_xdg_state_home(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "status", "--json")
+    assert code == 0
+    assert json.loads(out)["db"] == str(tmp_path / "xdg-state" / "codex-trio" / "state.db")
+
+
+def test_status_on_an_empty_database(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    db = tmp_path / "empty.db"
+
+    async def create() -> None:
+        async with SqliteStateStore(db):
+            pass
+
+    trio.run(create)
+    code, out, _ = run(capsys, "status", "--db", str(db))
+    assert code == 0
+    assert f"no runtimes recorded in {db}" in out
+    code, out, _ = run(capsys, "status", "--db", str(db), "--json")
+    assert code == 0
+    assert json.loads(out) == {"db": str(db), "exists": True, "runtimes": []}
+
+
+def populate(db: Path) -> None:
+    now = time.time()
+
+    async def write() -> None:
+        async with SqliteStateStore(db) as store:
+            await store.set_status("alpha", "ready", last_started_at=now - 5, last_ready_at=now - 4)
+            await store.set_thread_id("alpha", "thread-a")
+            await store.accept("alpha", StoredSubmission(1, "chat:1", "channel", "hello", now), dedup_window=16)
+            await store.accept("alpha", StoredSubmission(2, "chat:2", "channel", "again", now), dedup_window=16)
+            await store.settle("alpha", StoredSettlement(1, "chat:1", "completed", "turn-1", None, now))
+            await store.set_status("beta", "failed", last_error="codex app-server (pid 7) was killed by SIGKILL")
+            await store.record_lost_thread("beta", LostThread("thread-old", "thread-new", "no rollout found", now))
+
+    trio.run(write)
+
+
+def test_status_lists_runtimes_from_a_populated_database(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    populate(db)
+    code, out, _ = run(capsys, "status", "--db", str(db))
+    assert code == 0
+    assert "\x1b[" not in out  # captured output is not a terminal: plain text
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("RUNTIME"))
+    alpha, beta = lines[header + 1].split(), lines[header + 2].split()
+    assert alpha[:4] == ["alpha", "ready", "thread-a", "1"]  # one accepted submission still pending
+    assert beta[:4] == ["beta", "failed", "thread-new", "0"]
+    assert "killed by SIGKILL" in lines[header + 2]
+    assert "beta: lost thread thread-old -> thread-new (no rollout found)" in out
+
+
+def test_status_json_parses_and_carries_every_field(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    populate(db)
+    code, out, _ = run(capsys, "status", "--db", str(db), "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["exists"] is True
+    by_id = {r["runtime_id"]: r for r in data["runtimes"]}
+    assert set(by_id) == {"alpha", "beta"}
+    assert by_id["alpha"]["status"] == "ready"
+    assert by_id["alpha"]["thread_id"] == "thread-a"
+    assert by_id["alpha"]["pending"] == 1
+    assert by_id["alpha"]["last_ready_at"] is not None
+    assert by_id["beta"]["last_error"].startswith("codex app-server (pid 7)")
+    assert by_id["beta"]["lost_threads"][0]["old_thread_id"] == "thread-old"
+    assert "recent_settlements" not in by_id["alpha"]
+
+
+def test_status_of_one_runtime_shows_its_settlements(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    populate(db)
+    code, out, _ = run(capsys, "status", "--db", str(db), "--runtime-id", "alpha")
+    assert code == 0
+    assert "beta" not in out
+    assert "alpha: #1 chat:1 completed" in out
+    code, out, _ = run(capsys, "status", "--db", str(db), "--runtime-id", "alpha", "--json")
+    (alpha,) = json.loads(out)["runtimes"]
+    assert [s["source_id"] for s in alpha["recent_settlements"]] == ["chat:1"]
+    code, out, err = run(capsys, "status", "--db", str(db), "--runtime-id", "gamma")
+    assert code == 1
+    assert "no runtime 'gamma'" in err
+
+
+def test_status_on_a_file_that_is_not_a_database_fails_clearly(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    db = tmp_path / "garbage.db"
+    db.write_bytes(b"this is not sqlite" * 100)
+    code, _, err = run(capsys, "status", "--db", str(db))
+    assert code == 1
+    assert "StateStoreError" in err and str(db) in err
+
+
+# --- doctor ---------------------------------------------------------------------------------------------------
+
+
+def fake_codex(tmp_path: Path, version: str) -> Path:
+    path = tmp_path / f"fake-codex-{version}"
+    path.write_text(f"#!/bin/sh\necho 'codex-cli {version}'\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_doctor_json_with_a_fake_binary(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    fake = fake_codex(tmp_path, "0.169.0")
+    code, out, _ = run(capsys, "doctor", "--offline", "--codex-bin", str(fake), "--json")
+    data = json.loads(out)
+    assert code == 0
+    assert data["ok"] is True
+    assert data["codex_bin"] == str(fake)
+    assert data["codex_version"] == "0.169.0"
+    names = {f["name"]: f for f in data["findings"]}
+    assert names["auth"]["ok"] is True  # the offline provider needs no login
+    assert not any(f["severity"] == "error" for f in data["findings"])
+
+
+def test_doctor_fails_on_a_too_old_binary(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    fake = fake_codex(tmp_path, "0.100.0")
+    code, out, _ = run(capsys, "doctor", "--offline", "--codex-bin", str(fake), "--json")
+    assert code == 1
+    data = json.loads(out)
+    assert data["ok"] is False
+    version = next(f for f in data["findings"] if f["name"] == "codex version")
+    assert version["severity"] == "error" and "0.137" in version["detail"]
+    code, out, _ = run(capsys, "doctor", "--offline", "--codex-bin", str(fake))
+    assert code == 1
+    assert out.startswith("codex_trio doctor: NOT READY")
+    assert "[error] codex version" in out
+
+
+def test_doctor_reports_a_missing_binary_as_a_finding(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "doctor", "--codex-bin", str(tmp_path / "missing"), "--json")
+    assert code == 1
+    binary = next(f for f in json.loads(out)["findings"] if f["name"] == "codex binary")
+    assert binary["ok"] is False and "missing" in binary["detail"]
+
+
+# --- output and the live view -----------------------------------------------------------------------------
+
+
+class FakeTty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_console_colours_only_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = io.StringIO()
+    Console(plain).line("hello", "green")
+    assert plain.getvalue() == "hello\n"
+    tty = FakeTty()
+    Console(tty).line("hello", "green")
+    assert tty.getvalue() == "\x1b[32mhello\x1b[0m\n"
+    monkeypatch.setenv("NO_COLOR", "1")
+    quiet = FakeTty()
+    Console(quiet).line("hello", "green")
+    assert quiet.getvalue() == "hello\n"
+
+
+def test_console_ends_a_streamed_line_before_the_next_line() -> None:
+    buffer = io.StringIO()
+    console = Console(buffer)
+    console.partial("abc")
+    console.partial("def")
+    console.line("next")
+    console.end_partial()  # nothing open: no stray newline
+    assert buffer.getvalue() == "abcdef\nnext\n"
+
+
+def settled(seq: int, text: str) -> SubmissionSettled:
+    return SubmissionSettled(Settlement(seq, f"s{seq}", "completed", "t1", text, generation=1))
+
+
+async def test_live_view_streams_deltas_and_shows_notices() -> None:
+    out, notices = io.StringIO(), io.StringIO()
+    hub = EventHub(64)
+    view = LiveView(Console(notices), Console(out), indent="  ")
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(view.run, hub.subscribe())
+            for chunk in ("Hel", "lo ", "there"):
+                hub.publish(AgentMessageDelta("t1", "m1", chunk, 1))
+            hub.publish(ItemCompleted("t1", "agentMessage", "m1", {}, 1))
+            hub.publish(TurnCompleted("t1", "completed", "Hello there", None, 1))
+            hub.publish(settled(1, "Hello there"))
+            await view.caught_up(1)
+            hub.publish(StatusChanged("degraded", "ready", 1, "killed by SIGKILL"))
+            hub.publish(Restarting(1, 0.5, "killed by SIGKILL", 1))
+            hub.publish(StatusChanged("starting", "degraded", 2))
+            hub.publish(ThreadReady("thread-1", True, 2))
+            hub.publish(StatusChanged("ready", "starting", 2))
+            event = await view.wait_for(lambda e: isinstance(e, StatusChanged) and e.status == "ready")
+            assert isinstance(event, StatusChanged) and event.generation == 2
+            hub.close()
+    assert out.getvalue() == "  codex> Hello there\n"
+    assert view.deltas == {"m1": 3}
+    assert view.streamed_turns == {"t1"}
+    assert notices.getvalue().splitlines() == [
+        "  status: ready -> degraded (killed by SIGKILL)",
+        "  restart #1: backing off 0.5 s before starting a new app-server",
+        "  status: degraded -> starting",
+        "  thread thread-1 resumed (generation 2)",
+        "  status: starting -> ready",
+    ]
+
+
+async def test_live_view_json_lines_skip_text() -> None:
+    out = io.StringIO()
+    hub = EventHub(64)
+    view = LiveView(Console(out), Console(out), json_lines=True)
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(view.run, hub.subscribe())
+            hub.publish(AgentMessageDelta("t1", "m1", "hidden", 1))
+            hub.publish(Restarting(2, 1.0, "socket closed", 3))
+            hub.publish(settled(1, "x"))
+            await view.caught_up(1)
+            hub.close()
+    (line,) = out.getvalue().splitlines()
+    expected = {"type": "restarting", "attempt": 2, "delay": 1.0, "cause": "socket closed", "generation": 3}
+    assert json.loads(line) == expected
+
+
+async def test_live_view_prints_progress_during_a_long_backoff(autojump_clock: trio.testing.MockClock) -> None:
+    notices = io.StringIO()
+    hub = EventHub(64)
+    view = LiveView(Console(notices))
+    with trio.fail_after(60):  # virtual time: the autojump clock skips the sleeps
+        async with trio.open_nursery() as nursery:
+            await nursery.start(view.run, hub.subscribe())
+            hub.publish(Restarting(3, 4.0, "exited", 1))
+            await trio.sleep(3.5)  # the backoff is still running: progress lines, once a second
+            hub.publish(StatusChanged("starting", "degraded", 2))
+            await trio.sleep(0.1)
+            hub.publish(StatusChanged("ready", "starting", 2))
+            await trio.sleep(10)  # ready: no more progress lines
+            hub.close()
+    lines = notices.getvalue().splitlines()
+    progress = [line for line in lines if line.startswith("... still backing off before restart #3")]
+    assert len(progress) == 3
+    assert lines[-1] == "status: starting -> ready"
