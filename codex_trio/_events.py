@@ -201,8 +201,10 @@ class EventStream:
         self.close()
 
     def close(self) -> None:
+        """Stop receiving; a task waiting in :meth:`receive` wakes up with ``EndOfChannel``."""
         self._hub._remove(self)
-        self._closed = True
+        self._buffer.clear()
+        self._end()
 
 
 class EventHub:

@@ -78,18 +78,22 @@ class ProcessLauncher:
             ready_timeout=config.ready_timeout,
             grace_period=max(config.grace_period, 0.001),
         )
-        async with open_app_server(spec) as child:
-            self.last_pgid = child.pgid
-            self.pgids.append(child.pgid)
-            stream = await connect_unix_websocket(
-                nursery, child.connect_path(), max_message_size=config.max_message_size
-            )
+        stream: MessageStream | None = None
+        try:
+            async with open_app_server(spec) as child:
+                self.last_pgid = child.pgid
+                self.pgids.append(child.pgid)
+                stream = await connect_unix_websocket(
+                    nursery, child.connect_path(), max_message_size=config.max_message_size
+                )
 
-            async def wait_gone() -> BaseException:
-                await child.wait()
-                return child.exit_error()
+                async def wait_gone() -> BaseException:
+                    await child.wait()
+                    return child.exit_error()
 
-            try:
                 yield Launched(stream, wait_gone, child.pid, child.pgid, f"codex app-server pid {child.pid}")
-            finally:
+        finally:
+            # Closed after the reap: codex answers no WebSocket close frame (it just drops the socket, 1006), so
+            # a polite close before the reap only waits out its timeout; on a dead peer it returns at once.
+            if stream is not None:
                 await stream.aclose()

@@ -309,7 +309,9 @@ def _structure_mapping(value: Any, _: type) -> Mapping[str, Any]:
 
 
 converter.register_structure_hook(Item, _structure_item)
-converter.register_unstructure_hook(Item, lambda item: dict(item.raw))
+converter.register_unstructure_hook(
+    Item, lambda item: {"type": item.type, **({"id": item.id} if item.id is not None else {}), **item.raw}
+)
 converter.register_structure_hook(ThreadStartResult, _structure_thread_start)
 converter.register_structure_hook_func(lambda t: t == Mapping[str, Any], _structure_mapping)
 converter.register_structure_hook_factory(attrs.has, _structure_factory)

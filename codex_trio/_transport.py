@@ -43,6 +43,7 @@ SUN_PATH_BUDGET: Final = 107
 _WS_QUEUE: Final = 256
 _WS_RECEIVE_BYTES: Final = 64 * 1024
 _NDJSON_READ: Final = 64 * 1024
+_WS_CLOSE_WAIT: Final = 0.05
 
 
 class MessageStream(Protocol):
@@ -119,7 +120,9 @@ class WebSocketMessageStream:
         return ConnectionLost(f"{self.description} closed (code {code}{': ' + text if text else ''})")
 
     async def aclose(self) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(1):
+        # A polite close waits for the peer's close frame, and codex never sends one (it drops the socket:
+        # 1006), so wait only briefly; the socket is closed either way.
+        with trio.CancelScope(shield=True), trio.move_on_after(_WS_CLOSE_WAIT):
             await self._ws.aclose()
 
 

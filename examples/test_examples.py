@@ -10,8 +10,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import embed_in_trio_app  # noqa: E402
-import multi_runtime_host  # noqa: E402
+import embed_in_trio_app
+import multi_runtime_host
 
 pytestmark = pytest.mark.real_codex
 
