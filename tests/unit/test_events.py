@@ -1,0 +1,299 @@
+"""EventHub / EventStream: bounded per-subscriber buffers, Lagged markers, close and unsubscribe."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from codex_trio._events import (
+    AgentMessageDelta,
+    Event,
+    EventHub,
+    EventStream,
+    ItemCompleted,
+    ItemStarted,
+    Lagged,
+    Restarting,
+    ServerRequestAnswered,
+    StatusChanged,
+    SubmissionSettled,
+    ThreadLost,
+    ThreadReady,
+    TurnCompleted,
+    TurnStarted,
+)
+from codex_trio._ledger import Settlement
+
+DROPPABLE: list[Event] = [
+    AgentMessageDelta("t1", "msg-1", "Hello ", 1),
+    ItemStarted("t1", "agentMessage", "msg-1", {"type": "agentMessage"}, 1),
+    ItemCompleted("t1", "agentMessage", "msg-1", {"type": "agentMessage", "text": "hi"}, 1),
+]
+NEVER_DROPPED: list[Event] = [
+    StatusChanged("ready", "starting", 1),
+    ThreadReady("th-1", False, 1),
+    ThreadLost("th-0", "th-1", "thread/resume failed", 2),
+    Restarting(1, 0.5, "child exited", 1),
+    TurnStarted("t1", 1),
+    TurnCompleted("t1", "completed", "hi", None, 1),
+    SubmissionSettled(Settlement(1, "a", "completed", "t1", "hi")),
+    ServerRequestAnswered("item/tool/call", True, "unsupported", 1),
+]
+
+
+def delta(n: int) -> AgentMessageDelta:
+    return AgentMessageDelta("t1", "msg-1", f"d{n}", 1)
+
+
+def status(n: int) -> StatusChanged:
+    return StatusChanged(f"s{n}", "previous", 1)
+
+
+async def drain(stream: EventStream) -> list[Event]:
+    """Everything the stream will still yield; the hub must be closed first, so this cannot block forever."""
+    with trio.fail_after(5):
+        return [event async for event in stream]
+
+
+async def test_publish_reaches_every_subscriber_in_order() -> None:
+    hub = EventHub(capacity=8)
+    first, second = hub.subscribe(), hub.subscribe()
+    assert hub.subscriber_count == 2
+    events: list[Event] = [status(1), delta(1), TurnStarted("t1", 1)]
+    for event in events:
+        hub.publish(event)
+    hub.close()
+    assert await drain(first) == events
+    assert await drain(second) == events
+
+
+async def test_a_subscriber_sees_only_events_after_it_subscribed() -> None:
+    hub = EventHub()
+    early = hub.subscribe()
+    hub.publish(status(1))
+    late = hub.subscribe()
+    hub.publish(status(2))
+    hub.close()
+    assert await drain(early) == [status(1), status(2)]
+    assert await drain(late) == [status(2)]
+
+
+async def test_receive_waits_for_the_next_event() -> None:
+    hub = EventHub()
+    stream = hub.subscribe()
+    received: list[Event] = []
+
+    async def consumer() -> None:
+        received.append(await stream.receive())
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consumer)
+            await trio.testing.wait_all_tasks_blocked()
+            assert received == []
+            hub.publish(status(1))
+    assert received == [status(1)]
+
+
+@pytest.mark.parametrize("event", DROPPABLE, ids=lambda e: type(e).__name__)
+async def test_droppable_events_are_dropped_when_full_with_a_lagged_marker_first(event: Event) -> None:
+    hub = EventHub(capacity=3)
+    stream = hub.subscribe()
+    buffered = [delta(n) for n in range(3)]
+    for e in buffered:
+        hub.publish(e)
+    hub.publish(event)
+    hub.publish(delta(99))
+    assert stream.dropped_total == 2
+    hub.close()
+    # The marker comes before the next event the subscriber reads (documented), then the buffer in order.
+    assert await drain(stream) == [Lagged(2), *buffered]
+
+
+@pytest.mark.parametrize("event", NEVER_DROPPED, ids=lambda e: type(e).__name__)
+async def test_non_droppable_events_are_never_dropped(event: Event) -> None:
+    hub = EventHub(capacity=2)
+    stream = hub.subscribe()
+    hub.publish(delta(0))
+    hub.publish(delta(1))
+    for _ in range(5):
+        hub.publish(event)  # beyond capacity: kept
+    hub.publish(delta(2))  # the buffer is over capacity, so this one goes
+    hub.close()
+    assert await drain(stream) == [Lagged(1), delta(0), delta(1), *[event] * 5]
+    assert stream.dropped_total == 1
+
+
+async def test_lagged_count_resets_and_dropped_total_accumulates() -> None:
+    hub = EventHub(capacity=1)
+    stream = hub.subscribe()
+    with trio.fail_after(5):
+        for n in range(4):
+            hub.publish(delta(n))
+        assert await stream.receive() == Lagged(3)
+        assert await stream.receive() == delta(0)
+        hub.publish(delta(10))
+        hub.publish(delta(11))
+        assert await stream.receive() == Lagged(1)
+        assert await stream.receive() == delta(10)
+    assert stream.dropped_total == 4
+
+
+async def test_room_frees_up_as_the_subscriber_reads() -> None:
+    hub = EventHub(capacity=2)
+    stream = hub.subscribe()
+    with trio.fail_after(5):
+        hub.publish(delta(0))
+        hub.publish(delta(1))
+        assert await stream.receive() == delta(0)
+        hub.publish(delta(2))  # fits again: nothing dropped
+    hub.close()
+    assert await drain(stream) == [delta(1), delta(2)]
+    assert stream.dropped_total == 0
+
+
+async def test_a_slow_subscriber_does_not_make_a_fast_one_lag() -> None:
+    hub = EventHub(capacity=2)
+    slow, fast = hub.subscribe(), hub.subscribe()
+    received: list[Event] = []
+    with trio.fail_after(5):
+        for n in range(5):
+            hub.publish(delta(n))
+            received.append(await fast.receive())
+    assert received == [delta(n) for n in range(5)]
+    assert fast.dropped_total == 0
+    assert slow.dropped_total == 3
+    hub.close()
+    assert await drain(slow) == [Lagged(3), delta(0), delta(1)]
+
+
+async def test_hub_close_ends_streams_after_their_buffer() -> None:
+    hub = EventHub()
+    stream = hub.subscribe()
+    hub.publish(status(1))
+    hub.close()
+    assert hub.subscriber_count == 0
+    with trio.fail_after(5):
+        assert await stream.receive() == status(1)
+        with pytest.raises(trio.EndOfChannel):
+            await stream.receive()
+        with pytest.raises(trio.EndOfChannel):
+            await stream.receive()  # stays ended
+
+
+async def test_hub_close_wakes_a_blocked_receiver() -> None:
+    hub = EventHub()
+    stream = hub.subscribe()
+    ended = False
+
+    async def consumer() -> None:
+        nonlocal ended
+        with pytest.raises(trio.EndOfChannel):
+            await stream.receive()
+        ended = True
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consumer)
+            await trio.testing.wait_all_tasks_blocked()
+            hub.close()
+    assert ended
+
+
+async def test_async_for_ends_when_the_hub_closes() -> None:
+    hub = EventHub()
+    got: list[Event] = []
+
+    async def consumer(stream: EventStream) -> None:
+        async with stream:
+            async for event in stream:
+                got.append(event)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consumer, hub.subscribe())
+            await trio.testing.wait_all_tasks_blocked()
+            hub.publish(status(1))
+            hub.publish(status(2))
+            hub.close()
+    assert got == [status(1), status(2)]
+
+
+async def test_subscribe_after_close_gives_an_ended_stream() -> None:
+    hub = EventHub()
+    hub.close()
+    stream = hub.subscribe()
+    assert hub.subscriber_count == 0
+    hub.publish(status(1))
+    assert await drain(stream) == []
+
+
+async def test_publish_after_close_reaches_nobody() -> None:
+    hub = EventHub()
+    stream = hub.subscribe()
+    hub.close()
+    hub.publish(status(1))
+    assert await drain(stream) == []
+
+
+async def test_stream_close_unsubscribes() -> None:
+    hub = EventHub()
+    kept, closed = hub.subscribe(), hub.subscribe()
+    closed.close()
+    assert hub.subscriber_count == 1
+    hub.publish(status(1))
+    closed.close()  # idempotent
+    assert hub.subscriber_count == 1
+    with trio.fail_after(5), pytest.raises(trio.EndOfChannel):
+        await closed.receive()
+    hub.close()
+    assert await drain(kept) == [status(1)]
+
+
+async def test_leaving_async_with_unsubscribes() -> None:
+    hub = EventHub()
+    async with hub.subscribe() as stream:
+        assert hub.subscriber_count == 1
+        hub.publish(status(1))
+        with trio.fail_after(5):
+            assert await stream.receive() == status(1)
+    assert hub.subscriber_count == 0
+    hub.publish(status(2))
+    assert await drain(stream) == []
+
+
+async def test_closing_one_stream_leaves_the_others() -> None:
+    hub = EventHub()
+    streams = [hub.subscribe() for _ in range(3)]
+    streams[1].close()
+    assert hub.subscriber_count == 2
+    hub.publish(status(1))
+    hub.close()
+    assert await drain(streams[0]) == [status(1)]
+    assert await drain(streams[2]) == [status(1)]
+
+
+async def test_stream_close_wakes_a_receiver_in_another_task(autojump_clock: trio.abc.Clock) -> None:
+    hub = EventHub()
+    stream = hub.subscribe()
+
+    async def consumer() -> None:
+        with pytest.raises(trio.EndOfChannel):
+            await stream.receive()
+
+    # autojump_clock: if the receiver hangs, this deadline fires at once instead of after a real minute.
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consumer)
+            await trio.testing.wait_all_tasks_blocked()
+            stream.close()
+
+
+async def test_stream_close_discards_what_was_buffered() -> None:
+    hub = EventHub()
+    stream = hub.subscribe()
+    hub.publish(status(1))
+    stream.close()
+    with trio.fail_after(5), pytest.raises(trio.EndOfChannel):
+        await stream.receive()
