@@ -7,7 +7,7 @@ configures it: ``FAKE_APP_SERVER_STATE`` (a JSON file that keeps threads across 
 works after a kill), ``FAKE_APP_SERVER_SCRIPT`` (a JSON file: ``{"default": {...}, "turns": [{...}, ...]}`` of
 :class:`TurnScript` fields), ``FAKE_APP_SERVER_EXIT`` (``"CODE:MESSAGE"``: print MESSAGE to stderr and exit at
 once with CODE, like codex does on a fatal config error), ``FAKE_APP_SERVER_BIND_DELAY`` (seconds before binding;
-``never`` never binds).
+``never`` never binds). SIGTERM/SIGINT exit cleanly (status 0); SIGUSR1 exits with status 3.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-async def _serve(path: Path) -> None:
+async def _serve(path: Path) -> int:
     state = os.environ.get("FAKE_APP_SERVER_STATE")
     server = FakeAppServer(state_path=Path(state) if state else None)
     script = os.environ.get("FAKE_APP_SERVER_SCRIPT")
@@ -47,14 +47,19 @@ async def _serve(path: Path) -> None:
     delay = os.environ.get("FAKE_APP_SERVER_BIND_DELAY")
     if delay == "never":
         await trio.sleep_forever()
+        return 0
     if delay:
         await trio.sleep(float(delay))
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    # SIGTERM/SIGINT: a clean exit (status 0); SIGUSR1: a crash-like exit with status 3.
+    exit_code = 0
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve_unix, path)
-            async for _ in signals:
+            async for signum in signals:
+                exit_code = 3 if signum == signal.SIGUSR1 else 0
                 nursery.cancel_scope.cancel()
                 break
+    return exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         path.unlink()  # a stale socket from a killed predecessor, like codex replaces it
     except OSError:
         pass
-    trio.run(_serve, path)
-    return 0
+    return trio.run(_serve, path)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def fake_of(launcher: FakeLauncher) -> RecordingFake:
 
 
 async def wait_for(predicate: Callable[[], bool], step: float = 0.01) -> None:
-    while not predicate():  # noqa: ASYNC110 - the fake's state has no event to wait on
+    while not predicate():
         await trio.sleep(step)
 
 
