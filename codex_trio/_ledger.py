@@ -72,6 +72,9 @@ class Settlement:
     items: tuple[Any, ...] = ()
     error: str | None = None
     generation: int | None = None
+    #: Set on the first settlement after a ``thread/resume`` failed and the runtime moved to a fresh thread, so
+    #: the caller learns that the agent no longer has the earlier conversation in context (a ThreadLost event).
+    thread_lost: Any = None
 
 
 @attrs.define(eq=False)

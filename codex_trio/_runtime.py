@@ -28,6 +28,7 @@ import attrs
 import trio
 
 from . import _protocol as p
+from ._approvals import ApprovalDecisionRecord, ApprovalPolicy
 from ._completions import (
     COMPLETION_TRIGGER_TEXT,
     Completion,
@@ -54,6 +55,7 @@ from ._events import (
     ItemCompleted,
     ItemStarted,
     Restarting,
+    ServerRequestAnswered,
     StatusChanged,
     SubmissionSettled,
     ThreadLost,
@@ -62,7 +64,7 @@ from ._events import (
     TurnStarted,
 )
 from ._handshake import client_info, initialize
-from ._jsonrpc import Notification
+from ._jsonrpc import Notification, ServerRequest
 from ._launcher import Launcher, ProcessLauncher, default_base_dir
 from ._ledger import Ledger, Settlement, Submission, SubmissionKind, TurnOutcome
 from ._policy import RestartTracker
@@ -181,7 +183,7 @@ class Runtime:
         self.config = config
         self._state = state
         self._launcher = launcher
-        self._approvals = approvals
+        self._approvals = self._wire_approvals(approvals)
         self._ledger = Ledger(dedup_window=config.dedup_window)
         self._hub = EventHub(config.event_buffer)
         self._tracker = RestartTracker(config.restart)
@@ -202,6 +204,39 @@ class Runtime:
         self._pending_thread_loss: ThreadLost | None = None
         self.restarts = 0
         self.causes: list[BaseException] = []
+
+    def _wire_approvals(self, approvals: ServerRequestHandler | None) -> ServerRequestHandler:
+        """Answer server requests with ``approvals`` and publish every answer as a ServerRequestAnswered event."""
+        if approvals is None:
+            approvals = ApprovalPolicy()
+        if isinstance(approvals, ApprovalPolicy):
+            user_callback = approvals.on_decision
+
+            def on_decision(record: ApprovalDecisionRecord) -> None:
+                self._hub.publish(
+                    ServerRequestAnswered(
+                        record.method,
+                        record.rejected,
+                        f"{record.decision_summary}: {record.summary}" if record.summary else record.decision_summary,
+                        self._ledger.generation,
+                    )
+                )
+                if user_callback is not None:
+                    user_callback(record)
+
+            return attrs.evolve(approvals, on_decision=on_decision)
+        handler = approvals
+
+        async def publishing(request: ServerRequest) -> Any:
+            try:
+                result = await handler(request)
+            except BaseException as exc:
+                self._hub.publish(ServerRequestAnswered(request.method, True, f"error: {exc}", self.generation))
+                raise
+            self._hub.publish(ServerRequestAnswered(request.method, False, "answered", self.generation))
+            return result
+
+        return publishing
 
     # -- public state --------------------------------------------------------------------------------------
 
@@ -786,6 +821,10 @@ class Runtime:
 
     def _resolve(self, settlements: list[Settlement]) -> None:
         for settlement in settlements:
+            loss = self._pending_thread_loss
+            if loss is not None and settlement.generation is not None and settlement.generation >= loss.generation:
+                settlement = attrs.evolve(settlement, thread_lost=loss)
+                self._pending_thread_loss = None
             if settlement.outcome == "completed" and settlement.text:
                 self._last_result = settlement
             admission = self._admissions.pop(settlement.seq, None)
@@ -918,10 +957,6 @@ async def open_runtime(
             field="checkpoint",
             value=checkpoint,
         )
-    if approvals is None:
-        from ._approvals import ApprovalPolicy
-
-        approvals = ApprovalPolicy()
     runtime = Runtime(config, state or MemoryStateStore(), launcher or ProcessLauncher(config), approvals)
     await runtime._load(checkpoint)
     with collapse_exception_groups():
