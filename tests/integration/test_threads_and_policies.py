@@ -152,11 +152,13 @@ async def test_custom_handler_accepts_and_events_say_so(autojump_clock: trio.abc
         return {"decision": "accept"}
 
     policy = codex_trio.ApprovalPolicy(approve, on_decision=seen.append)
-    async with codex_trio.open_runtime(RuntimeConfig(), launcher=launcher, approvals=policy) as runtime:
-        async with runtime.events() as events:
-            await (await runtime.submit(ChannelInput("a", "run it"))).settled()
-            while not isinstance(event := await events.receive(), ServerRequestAnswered):
-                pass
+    async with (
+        codex_trio.open_runtime(RuntimeConfig(), launcher=launcher, approvals=policy) as runtime,
+        runtime.events() as events,
+    ):
+        await (await runtime.submit(ChannelInput("a", "run it"))).settled()
+        while not isinstance(event := await events.receive(), ServerRequestAnswered):
+            pass
     assert not event.rejected
     assert launcher.fake.server_request_answers[-1][1]["result"] == {"decision": "accept"}
     assert len(seen) == 2  # the handler saw the request, and the user's own on_decision still fires
