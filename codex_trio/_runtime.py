@@ -76,6 +76,8 @@ __all__ = ["Admission", "Checkpoint", "CompletionResult", "Runtime", "open_runti
 
 log = logging.getLogger("codex_trio.runtime")
 
+#: How long a closed connection waits for the child's exit, to report the exit rather than the close.
+_EXIT_AFTER_CLOSE: Final = 0.25
 #: codex rejects larger turn input with -32602 input_too_large (codex-app-server.md §8); refuse it up front.
 MAX_INPUT_CHARS: Final = 1_048_576
 
@@ -521,7 +523,7 @@ class Runtime:
             )
             await nursery.start(connection.run)
             nursery.start_soon(self._watch_launched, launched.wait_gone)
-            nursery.start_soon(self._watch_connection, connection)
+            nursery.start_soon(self._watch_connection, connection, launched.wait_gone)
             # Subscribe before the first request: codex may notify before it answers.
             notifications = connection.subscribe(buffer=1024, lossless=True)
             await initialize(
@@ -547,9 +549,17 @@ class Runtime:
     async def _watch_launched(self, wait_gone: Callable[[], Awaitable[BaseException]]) -> None:
         raise _SessionLost(await wait_gone())
 
-    async def _watch_connection(self, connection: Connection) -> None:
+    async def _watch_connection(
+        self, connection: Connection, wait_gone: Callable[[], Awaitable[BaseException]]
+    ) -> None:
         await connection.wait_closed()
-        raise _SessionLost(connection.close_error or ConnectionLost("connection closed"))
+        cause: BaseException = connection.close_error or ConnectionLost("connection closed")
+        if type(cause) is ConnectionLost:
+            # A dying child closes its socket first; its exit status ("killed by SIGABRT") says more than the
+            # close it caused (1006), and it is what a crash loop's last_error should show.
+            with trio.move_on_after(_EXIT_AFTER_CLOSE):
+                cause = await wait_gone()
+        raise _SessionLost(cause)
 
     async def _apply_skill_roots(self, connection: Connection) -> None:
         roots: list[str] = []

@@ -11,6 +11,7 @@ import os
 import signal
 import stat
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,34 @@ async def test_cancelling_the_host_at_any_point_leaves_nothing(tmp_path: Path, w
     for pgid in launcher.pgids:
         assert live_pids_in_group(pgid) == []
     assert not list(cfg.socket_dir.glob("*.sock"))  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def no_core_dumps() -> Iterator[None]:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, hard))  # SIGABRT children must not leave core files
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))
+
+
+@pytest.mark.usefixtures("no_core_dumps")
+async def test_a_crash_is_reported_by_its_exit_status_not_by_the_socket_close(tmp_path: Path) -> None:
+    bin, env = fake_codex(tmp_path)
+    cfg = config(tmp_path, bin, env)
+    launcher = codex_trio.ProcessLauncher(cfg)
+    with trio.fail_after(30):
+        async with codex_trio.open_runtime(cfg, launcher=launcher) as runtime, runtime.events() as events:
+            causes = []
+            for _ in range(3):
+                assert launcher.last_pgid is not None
+                os.kill(launcher.last_pgid, signal.SIGABRT)
+                while not isinstance(event := await events.receive(), codex_trio.Restarting):
+                    pass
+                causes.append(event.cause)
+                await runtime.wait_status("ready")
+    # the child's socket closes first (1006), but the cause recorded is how the child died
+    assert all("SIGABRT" in cause for cause in causes), causes
