@@ -62,6 +62,7 @@ class ProcessLauncher:
         self.socket_dir = config.socket_dir or default_socket_dir()
         self.log_dir = config.log_dir or (config.state_dir or default_base_dir()) / "logs"
         self.last_pgid: int | None = None
+        #: every process group this launcher created, recorded at spawn (before readiness)
         self.pgids: list[int] = []
 
     @asynccontextmanager
@@ -80,9 +81,8 @@ class ProcessLauncher:
         )
         stream: MessageStream | None = None
         try:
-            async with open_app_server(spec) as child:
+            async with open_app_server(spec, on_spawn=self.pgids.append) as child:
                 self.last_pgid = child.pgid
-                self.pgids.append(child.pgid)
                 stream = await connect_unix_websocket(
                     nursery, child.connect_path(), max_message_size=config.max_message_size
                 )

@@ -33,7 +33,7 @@ import os
 import signal
 import stat
 import subprocess
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import final
@@ -334,7 +334,9 @@ async def _wait_ready(child: AppServerChild, spec: ChildSpec) -> None:
 
 
 @asynccontextmanager
-async def open_app_server(spec: ChildSpec) -> AsyncIterator[AppServerChild]:
+async def open_app_server(
+    spec: ChildSpec, *, on_spawn: Callable[[int], None] | None = None
+) -> AsyncIterator[AppServerChild]:
     """Start ``spec.argv`` in its own process group, wait until its socket accepts a connection, yield it.
 
     On exit, whether normal, by an exception or by cancellation, the group is reaped (SIGTERM,
@@ -372,6 +374,8 @@ async def open_app_server(spec: ChildSpec) -> AsyncIterator[AppServerChild]:
             os.close(fd)  # the child has its own copies
 
     child = AppServerChild(process, spec.socket_path, stdout_path, stderr_path, stderr_offset)
+    if on_spawn is not None:
+        on_spawn(child.pgid)  # before readiness: owners can account for every group they created
     try:
         await _wait_ready(child, spec)
         yield child
