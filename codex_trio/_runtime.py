@@ -70,6 +70,7 @@ from ._ledger import Ledger, Settlement, Submission, SubmissionKind, TurnOutcome
 from ._policy import RestartTracker
 from ._render import ChannelInput, render_channel_input
 from ._state import LostThread, MemoryStateStore, RuntimeStatus, StateStore, StoredSettlement, StoredSubmission
+from ._threads import apply_skill_roots, resolve_thread
 from ._util import collapse_exception_groups
 
 __all__ = ["Admission", "Checkpoint", "CompletionResult", "Runtime", "open_runtime"]
@@ -532,7 +533,7 @@ class Runtime:
                 opt_out_notification_methods=self.config.opt_out_notification_methods,
                 timeout=self.config.handshake_timeout,
             )
-            await self._apply_skill_roots(connection)
+            await apply_skill_roots(connection, self.config)
             thread_id = await self._resolve_thread(connection, generation)
             session = _Session(generation, connection, thread_id, nursery)
             session.turn_idle.set()
@@ -561,82 +562,23 @@ class Runtime:
                 cause = await wait_gone()
         raise _SessionLost(cause)
 
-    async def _apply_skill_roots(self, connection: Connection) -> None:
-        roots: list[str] = []
-        for source in self.config.skill_sources:
-            if source.layout != "skill-dir":
-                continue
-            root = str(source.path.parent)
-            if root not in roots:
-                roots.append(root)
-        if not roots:
-            return
-        try:
-            await connection.request("skills/extraRoots/set", p.unstructure(p.SkillsExtraRootsSetParams(roots)))
-        except RpcError as exc:
-            from ._errors import MethodNotSupported
-
-            if isinstance(exc, MethodNotSupported):
-                log.warning(
-                    "[%s] skills/extraRoots/set unsupported by this app-server; continuing skill-blind "
-                    "(%d extra root(s) not applied)",
-                    self.runtime_id,
-                    len(roots),
-                )
-                return
-            raise
-        log.info("[%s] applied %d skill extra root(s): %s", self.runtime_id, len(roots), ", ".join(roots))
-
     async def _resolve_thread(self, connection: Connection, generation: int) -> str:
-        cfg = self.config
-        cwd = str(cfg.cwd) if cfg.cwd is not None else None
-        existing = self._thread_id
-        self._resumed = False
-        if existing is not None:
-            try:
-                await connection.request(
-                    "thread/resume",
-                    p.unstructure(
-                        p.ThreadResumeParams(existing, cfg.base_instructions, cfg.developer_instructions, cwd)
-                    ),
-                )
-            except RpcError as exc:
-                reason = f"thread/resume failed: {exc.rpc_message}"
-                log.warning("[%s] %s for %s; starting a fresh thread", self.runtime_id, reason, existing)
-                new_id = await self._start_thread(connection, cwd)
-                await self._state.record_lost_thread(self.runtime_id, LostThread(existing, new_id, reason, time.time()))
-                lost = ThreadLost(existing, new_id, reason, generation)
-                self._pending_thread_loss = lost
-                self._hub.publish(lost)
-                self._thread_id = new_id
-                self._hub.publish(ThreadReady(new_id, False, generation))
-                return new_id
-            self._resumed = True
-            self._hub.publish(ThreadReady(existing, True, generation))
-            return existing
-        new_id = await self._start_thread(connection, cwd)
-        self._thread_id = new_id
-        await self._state.set_thread_id(self.runtime_id, new_id)
-        self._hub.publish(ThreadReady(new_id, False, generation))
-        return new_id
-
-    async def _start_thread(self, connection: Connection, cwd: str | None) -> str:
-        cfg = self.config
-        raw = await connection.request(
-            "thread/start",
-            p.unstructure(p.ThreadStartParams(cfg.base_instructions, cfg.developer_instructions, cwd)),
-        )
-        thread_id = p.structure(raw, p.ThreadStartResult).thread_id
-        # codex 0.169 writes a thread's rollout only when something is recorded in it; a thread that never ran
-        # a turn cannot be resumed after a restart ("no rollout found") and would be lost needlessly. Naming
-        # the thread records it without putting anything into the model's context (inject_items would).
-        try:
-            await connection.request(
-                "thread/name/set", {"threadId": thread_id, "name": f"codex_trio:{self.runtime_id}"}
+        resolution = await resolve_thread(connection, self.config, self._thread_id)
+        self._resumed = resolution.resumed
+        new_id = resolution.thread_id
+        if resolution.lost_thread_id is not None:
+            reason = resolution.lost_reason or "thread/resume failed"
+            await self._state.record_lost_thread(
+                self.runtime_id, LostThread(resolution.lost_thread_id, new_id, reason, time.time())
             )
-        except RpcError as exc:
-            log.warning("[%s] could not persist new thread %s early: %s", self.runtime_id, thread_id, exc)
-        return thread_id
+            lost = ThreadLost(resolution.lost_thread_id, new_id, reason, generation)
+            self._pending_thread_loss = lost
+            self._hub.publish(lost)
+        elif not resolution.resumed:
+            await self._state.set_thread_id(self.runtime_id, new_id)
+        self._thread_id = new_id
+        self._hub.publish(ThreadReady(new_id, resolution.resumed, generation))
+        return new_id
 
     # -- turn worker ---------------------------------------------------------------------------------------
 
