@@ -87,6 +87,9 @@ class Submission:
     generation: int | None = None
     turn_id: str | None = None
     settlement: Settlement | None = None
+    #: False until the acceptance is durable in the state store; the worker never sends a non-durable head, so
+    #: nothing reaches codex that a host crash could make the runtime forget (and then accept again).
+    durable: bool = True
 
 
 class Ledger:
@@ -120,17 +123,19 @@ class Ledger:
     def is_duplicate(self, source_id: str) -> bool:
         return bool(source_id) and source_id in self._seen
 
-    def admit(self, source_id: str, kind: SubmissionKind, text: str) -> Submission | None:
+    def admit(self, source_id: str, kind: SubmissionKind, text: str, *, durable: bool = True) -> Submission | None:
         """Accept an input (returns its Submission, queued) or recognise a duplicate (returns None).
 
-        The caller must check :attr:`stopped` first; admitting after stop is a programming error.
+        With ``durable=False`` the submission holds the queue until :meth:`mark_durable` (the caller is writing
+        it to a state store). The caller must check :attr:`stopped` first; admitting after stop is a
+        programming error.
         """
         assert not self.stopped, "admit() after stop()"
         if self.is_duplicate(source_id):
             return None
         if source_id:
             self._remember(source_id)
-        sub = Submission(self._next_seq, source_id, kind, text)
+        sub = Submission(self._next_seq, source_id, kind, text, durable=durable)
         self._next_seq += 1
         self._queue.append(sub)
         self._open[sub.seq] = sub
@@ -157,7 +162,13 @@ class Ledger:
         return self.generation
 
     def next_queued(self) -> Submission | None:
-        return self._queue[0] if self._queue else None
+        """The head of the queue, once it is durable (later submissions wait behind it: FIFO)."""
+        if self._queue and self._queue[0].durable:
+            return self._queue[0]
+        return None
+
+    def mark_durable(self, sub: Submission) -> None:
+        sub.durable = True
 
     @property
     def queued(self) -> Sequence[Submission]:

@@ -74,9 +74,7 @@ def _to_argv(value: Sequence[str]) -> tuple[str, ...]:
 def _check_socket_path(_inst: object, _attr: attrs.Attribute[Path], value: Path) -> None:
     # The child runs in another cwd, so a relative path would name a different file for it than for us.
     if not value.is_absolute():
-        raise SocketPathError(
-            f"socket_path must be absolute, got {value}", field="socket_path", value=str(value)
-        )
+        raise SocketPathError(f"socket_path must be absolute, got {value}", field="socket_path", value=str(value))
 
 
 def _check_duration(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
@@ -409,3 +407,40 @@ def live_pids_in_group(pgid: int) -> list[int]:
             pids.append(int(name))
     return sorted(pids)
 
+
+def _start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks since boot): with the pid, a unique identity."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses; the fields after it follow the last ')'.
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def child_identity(pgid: int) -> str | None:
+    """``"<pgid>:<start ticks>"`` of a live group leader, to find (and reap) it again after a host crash."""
+    ticks = _start_ticks(pgid)
+    return None if ticks is None else f"{pgid}:{ticks}"
+
+
+def reap_orphan(identity: str) -> bool:
+    """SIGKILL the group of an app-server a dead host left running, if it is still the same process.
+
+    A killed host cannot reap its child (the child has its own session, so it does not die with the host). The
+    start time guards against a recycled pid: only the very process that was recorded is signalled.
+    """
+    pgid_text, _, ticks_text = identity.partition(":")
+    try:
+        pgid, ticks = int(pgid_text), int(ticks_text)
+    except ValueError:
+        return False
+    if pgid <= 1 or _start_ticks(pgid) != ticks:
+        return False
+    _signal_group(pgid, signal.SIGKILL)
+    return True

@@ -68,6 +68,7 @@ from ._jsonrpc import Notification, ServerRequest
 from ._launcher import Launcher, ProcessLauncher, default_base_dir
 from ._ledger import Ledger, Settlement, Submission, SubmissionKind, TurnOutcome
 from ._policy import RestartTracker
+from ._process import child_identity, reap_orphan
 from ._render import ChannelInput, render_channel_input
 from ._state import LostThread, MemoryStateStore, RuntimeStatus, StateStore, StoredSettlement, StoredSubmission
 from ._threads import apply_skill_roots, resolve_thread
@@ -330,7 +331,9 @@ class Runtime:
                 value=len(text),
             )
             return Admission("failed", source_id, error=error)
-        sub = self._ledger.admit(source_id, kind, text)  # dedup committed here, before any await
+        # Dedup is committed here, before any await. The submission holds the queue until it is durable, so the
+        # worker never sends what a host crash could make us forget (and then accept a second time).
+        sub = self._ledger.admit(source_id, kind, text, durable=False)
         if sub is None:
             return Admission("duplicate", source_id)
         status: AdmissionStatus = "submitted" if self._status == "ready" else "queued"
@@ -346,13 +349,13 @@ class Runtime:
             )
         except BaseException as exc:
             # Not durable, so not accepted: settle it failed rather than deliver something we may forget.
-            if sub.state == "queued":
-                self._resolve([self._ledger.reject(sub, f"state store write failed: {exc!r}")])
-                admission.status = "failed"
-                admission.error = exc
+            self._resolve([self._ledger.reject(sub, f"state store write failed: {exc!r}")])
+            admission.status = "failed"
+            admission.error = exc
             if not isinstance(exc, Exception):
                 raise
             return admission
+        self._ledger.mark_durable(sub)
         self._wakeup.set()
         return admission
 
@@ -490,6 +493,8 @@ class Runtime:
                 cause = exc
             finally:
                 self._session = None
+                # The session's child is reaped by now (shielded, in the launcher): forget it.
+                await self._state_write("forget the child", self._state.set_child, self.runtime_id, None)
                 if not self._stopping:
                     # When stopping, ledger.stop() settles what was in flight "stopped" instead.
                     self._resolve(self._ledger.session_lost(generation, "app-server session ended"))
@@ -523,6 +528,10 @@ class Runtime:
                 server_request_handler=self._approvals,
             )
             await nursery.start(connection.run)
+            if launched.pgid is not None:
+                await self._state_write(
+                    "record the child", self._state.set_child, self.runtime_id, child_identity(launched.pgid)
+                )
             nursery.start_soon(self._watch_launched, launched.wait_gone)
             nursery.start_soon(self._watch_connection, connection, launched.wait_gone)
             # Subscribe before the first request: codex may notify before it answers.
@@ -598,6 +607,8 @@ class Runtime:
             ledger.begin_delivery(sub, session.generation)
             if sub.kind != "system":
                 session.inbound_seen = True
+            # In doubt from here until codex answers: a host that dies now must not make the next one resend it.
+            await self._state_write("mark delivering", self._state.delivering, self.runtime_id, sub.seq)
             if session.active_turn is not None and await self._steer(session, sub):
                 continue
             await self._start_turn(session, sub)
@@ -657,11 +668,15 @@ class Runtime:
             self._resolve([settled])
 
     async def _state_delivered(self, sub: Submission) -> None:
+        await self._state_write("persist delivery", self._state.delivered, self.runtime_id, sub.seq)
+
+    async def _state_write(self, what: str, write: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """A bookkeeping write that must finish even under cancellation and must not take the session down."""
         with trio.CancelScope(shield=True):
             try:
-                await self._state.delivered(self.runtime_id, sub.seq)
+                await write(*args)
             except Exception as exc:
-                log.warning("[%s] failed to persist delivery of %s: %r", self.runtime_id, sub.seq, exc)
+                log.warning("[%s] failed to %s %r: %r", self.runtime_id, what, args[1:], exc)
 
     def _arm_deadline(self, session: _Session, turn_id: str) -> None:
         timeout = self.config.turn_timeout
@@ -812,11 +827,30 @@ class Runtime:
         self._thread_id = snapshot.record.thread_id
         if checkpoint is not None:
             self._thread_id = checkpoint.id
+        if snapshot.record.child is not None and reap_orphan(snapshot.record.child):
+            log.warning(
+                "[%s] reaped an app-server left running by a previous host (%s)", self.runtime_id, snapshot.record.child
+            )
         self._ledger = Ledger(dedup_window=self.config.dedup_window, next_seq=snapshot.next_seq)
+        in_doubt = [s for s in snapshot.pending if s.delivering]
         self._ledger.restore(
             snapshot.dedup_ids,
-            [(s.seq, s.source_id, _kind(s.kind), s.text) for s in snapshot.pending],
+            [(s.seq, s.source_id, _kind(s.kind), s.text) for s in snapshot.pending if not s.delivering],
         )
+        for stored in in_doubt:
+            # The previous host died between sending this and codex's answer: codex may have it. Like input in
+            # flight when a child dies, it is not sent again (it may have had side effects).
+            await self._state.settle(
+                self.runtime_id,
+                StoredSettlement(
+                    stored.seq,
+                    stored.source_id,
+                    "interrupted",
+                    None,
+                    "the previous host stopped while delivering this input; it is not sent again",
+                    time.time(),
+                ),
+            )
         for sub in self._ledger.queued:
             self._admissions[sub.seq] = Admission("queued", sub.source_id, sub.seq, _done=trio.Event())
         if snapshot.completions is not None:

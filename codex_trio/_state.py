@@ -94,6 +94,9 @@ class StoredSubmission:
     kind: str  # "channel" | "system" | "trigger"
     text: str  # the rendered text sent to codex
     accepted_at: float
+    #: set by :meth:`StateStore.delivering` just before the request that carries it is sent: after a host crash
+    #: such a submission is *in doubt* (codex may have it) and must not be sent again.
+    delivering: bool = False
 
 
 @attrs.frozen
@@ -115,6 +118,9 @@ class RuntimeRecord:
     last_started_at: float | None = None
     last_ready_at: float | None = None
     updated_at: float | None = None
+    #: the live app-server child as ``"<pgid>:<start ticks>"`` (see ``_process.child_identity``), so a host that
+    #: died without reaping it can have the next host reap it
+    child: str | None = None
 
 
 @attrs.frozen
@@ -168,8 +174,16 @@ class StateStore(Protocol):
         """
         ...
 
+    async def delivering(self, runtime_id: str, seq: int) -> None:
+        """The submission is about to be sent to codex: mark it in doubt until ``delivered`` (no-op when absent)."""
+        ...
+
     async def delivered(self, runtime_id: str, seq: int) -> None:
         """The submission reached codex: drop it from ``pending`` (no-op when absent)."""
+        ...
+
+    async def set_child(self, runtime_id: str, child: str | None) -> None:
+        """Record the live app-server child (or None once it is reaped)."""
         ...
 
     async def settle(self, runtime_id: str, settlement: StoredSettlement, *, keep: int = 1000) -> None:
@@ -296,9 +310,20 @@ class MemoryStateStore:
         rt.pending[submission.seq] = submission
         rt.next_seq = submission.seq + 1
 
+    async def delivering(self, runtime_id: str, seq: int) -> None:
+        await trio.lowlevel.checkpoint()
+        rt = self._touch(runtime_id)
+        if seq in rt.pending:
+            rt.pending[seq] = attrs.evolve(rt.pending[seq], delivering=True)
+
     async def delivered(self, runtime_id: str, seq: int) -> None:
         await trio.lowlevel.checkpoint()
         self._touch(runtime_id).pending.pop(seq, None)
+
+    async def set_child(self, runtime_id: str, child: str | None) -> None:
+        await trio.lowlevel.checkpoint()
+        rt = self._touch(runtime_id)
+        rt.record = attrs.evolve(rt.record, child=child)
 
     async def settle(self, runtime_id: str, settlement: StoredSettlement, *, keep: int = 1000) -> None:
         await trio.lowlevel.checkpoint()
@@ -401,6 +426,11 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             trigger_seq INTEGER NOT NULL
         )""",
     ),
+    # 3: in-doubt deliveries survive a host crash; the live app-server child can be reaped by the next host.
+    (
+        "ALTER TABLE pending ADD COLUMN delivering INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE runtimes ADD COLUMN child TEXT",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -452,6 +482,11 @@ def _pragma_int(conn: sqlite3.Connection, name: str) -> int:
 # on the way out, so every str round-trips exactly, as it does in the memory store.
 
 
+def _submission(values: list[Any]) -> StoredSubmission:
+    seq, source_id, kind, text, accepted_at, delivering = values
+    return StoredSubmission(seq, source_id, kind, text, accepted_at, bool(delivering))
+
+
 def _bind(value: Any) -> Any:
     if isinstance(value, str):
         try:
@@ -481,7 +516,7 @@ def _corrupt(path: str, what: str) -> StateStoreError:
 
 # --- SQLite: the store --------------------------------------------------------------------------------------
 
-_RECORD_COLUMNS: Final = "runtime_id, status, thread_id, last_error, last_started_at, last_ready_at, updated_at"
+_RECORD_COLUMNS: Final = "runtime_id, status, thread_id, last_error, last_started_at, last_ready_at, updated_at, child"
 
 
 class SqliteStateStore:
@@ -674,9 +709,10 @@ class SqliteStateStore:
                 for r in conn.execute("SELECT source_id FROM dedup WHERE runtime_id = ? ORDER BY id", (rid,))
             ]
             pending = [
-                StoredSubmission(*_row(r))
+                _submission(_row(r))
                 for r in conn.execute(
-                    "SELECT seq, source_id, kind, text, accepted_at FROM pending WHERE runtime_id = ? ORDER BY seq",
+                    "SELECT seq, source_id, kind, text, accepted_at, delivering FROM pending "
+                    "WHERE runtime_id = ? ORDER BY seq",
                     (rid,),
                 )
             ]
@@ -805,11 +841,27 @@ class SqliteStateStore:
 
         await self._write(runtime_id, write)
 
+    async def delivering(self, runtime_id: str, seq: int) -> None:
+        rid = _bind(runtime_id)
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE pending SET delivering = 1 WHERE runtime_id = ? AND seq = ?", (rid, seq))
+
+        await self._write(runtime_id, write)
+
     async def delivered(self, runtime_id: str, seq: int) -> None:
         rid = _bind(runtime_id)
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM pending WHERE runtime_id = ? AND seq = ?", (rid, seq))
+
+        await self._write(runtime_id, write)
+
+    async def set_child(self, runtime_id: str, child: str | None) -> None:
+        rid = _bind(runtime_id)
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE runtimes SET child = ? WHERE runtime_id = ?", (_bind(child), rid))
 
         await self._write(runtime_id, write)
 

@@ -171,6 +171,8 @@ async def test_completion_ledgers_survive_a_host_restart(autojump_clock: trio.ab
     config = RuntimeConfig(spill_dir=tmp_path / "spill")
     async with codex_trio.open_runtime(config, state=store, launcher=launcher) as runtime:
         assert (await runtime.completion_input(completion)).status == "accepted"
+        while not launcher.fake.requests("turn/start"):  # the trigger turn reached codex
+            await trio.sleep(0.1)
     async with codex_trio.open_runtime(config, state=store, launcher=FakeLauncher(launcher.fake)) as runtime:
         assert (await runtime.completion_input(completion)).status == "accepted"
     injected = [t for t in launcher.fake.threads.values() for _ in t.injected]
