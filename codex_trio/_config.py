@@ -72,6 +72,11 @@ _MIN_EVENT_BUFFER = 16
 # --- messages -----------------------------------------------------------------------------------------------
 
 
+def masked_env(env: Mapping[str, str]) -> str:
+    """An environment for repr(): the names, never the values (they are often API keys)."""
+    return "{" + ", ".join(f"{key!r}: '***'" for key in env) + "}"
+
+
 def _show(value: object) -> str:
     """``repr`` for an error message: bounded, and never raising for an object with a broken ``__repr__``."""
     try:
@@ -358,7 +363,7 @@ class McpServer:
     command: str = attrs.field(validator=_v_command)
     args: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple, validator=_v_mcp_args)
     env: Mapping[str, str] = attrs.field(
-        factory=dict, converter=_to_mapping, validator=_v_mcp_env, hash=False
+        factory=dict, converter=_to_mapping, validator=_v_mcp_env, hash=False, repr=masked_env
     )
 
 
@@ -394,10 +399,10 @@ class RuntimeConfig:
     sandbox_mode: str = attrs.field(default="workspace-write", validator=_v_enum(SANDBOX_MODES))
     extra_args: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple, validator=_v_args)
     extra_env: Mapping[str, str] = attrs.field(
-        factory=dict, converter=_to_mapping, validator=_v_env, hash=False
+        factory=dict, converter=_to_mapping, validator=_v_env, hash=False, repr=masked_env
     )
     inject_env: Mapping[str, str] = attrs.field(
-        factory=dict, converter=_to_mapping, validator=_v_env, hash=False
+        factory=dict, converter=_to_mapping, validator=_v_env, hash=False, repr=masked_env
     )
     mcp_servers: tuple[McpServer, ...] = attrs.field(
         default=(), converter=_to_tuple, validator=_v_records(McpServer, unique=True)
@@ -426,6 +431,25 @@ class RuntimeConfig:
         default=(), converter=_to_tuple, validator=_v_method_names
     )
     client_name: str = attrs.field(default="codex_trio", validator=_v_client_name)
+
+    def __attrs_post_init__(self) -> None:
+        # MCP server env values reach their servers through codex's own environment (see child_env), so one
+        # name cannot carry two values.
+        seen: dict[str, tuple[str, str]] = {
+            key: (value, "extra_env") for key, value in {**self.inject_env, **self.extra_env}.items()
+        }
+        for server in self.mcp_servers:
+            for key, value in server.env.items():
+                other = seen.get(key)
+                if other is not None and other[0] != value:
+                    raise ConfigError(
+                        f"RuntimeConfig.mcp_servers: {server.name!r} sets env {key!r} to a different value than "
+                        f"{other[1]}; codex passes MCP server env through its own environment, so one name can "
+                        f"have only one value — rename the variable for one of them",
+                        field="mcp_servers",
+                        value=key,
+                    )
+                seen[key] = (value, f"MCP server {server.name!r}")
 
 
 # --- TOML literals for `-c key=value` -----------------------------------------------------------------------
@@ -463,7 +487,7 @@ def _toml_inline_table(entries: Mapping[str, str]) -> str:
 def _mcp_table(server: McpServer) -> str:
     fields = {"command": toml_string(server.command), "args": _toml_array(server.args)}
     if server.env:
-        fields["env"] = _toml_inline_table({k: toml_string(v) for k, v in server.env.items()})
+        fields["env_vars"] = _toml_array(list(server.env))
     return _toml_inline_table(fields)
 
 
@@ -481,8 +505,9 @@ def _mcp_args(servers: Sequence[McpServer]) -> list[str]:
         args += ["-c", f"{prefix}.command={toml_string(server.command)}"]
         args += ["-c", f"{prefix}.args={_toml_array(server.args)}"]
         if server.env:
-            env = _toml_inline_table({k: toml_string(v) for k, v in server.env.items()})
-            args += ["-c", f"{prefix}.env={env}"]
+            # Only the names: the values go into codex's environment (child_env), which codex forwards to the
+            # server (`env_vars`). Values on the command line would be readable by any local user (ps, /proc).
+            args += ["-c", f"{prefix}.env_vars={_toml_array(list(server.env))}"]
     return args
 
 
@@ -511,6 +536,8 @@ def child_env(config: RuntimeConfig, base: Mapping[str, str] = os.environ) -> di
     env = dict(base)
     env.update(config.inject_env)
     env.update(config.extra_env)
+    for server in config.mcp_servers:
+        env.update(server.env)  # forwarded by codex to that server through `env_vars` (see _mcp_args)
     if config.codex_home is not None:
         env["CODEX_HOME"] = str(config.codex_home)
     env.setdefault("RUST_LOG", "warn")

@@ -87,7 +87,7 @@ class ChildSpec:
     """Everything needed to start one app-server child. ``argv`` is executed directly, never by a shell."""
 
     argv: Sequence[str] = attrs.field(converter=_to_argv)
-    env: Mapping[str, str]
+    env: Mapping[str, str] = attrs.field(repr=lambda env: "{" + ", ".join(f"{k!r}: '***'" for k in env) + "}")
     cwd: Path | None
     socket_path: Path = attrs.field(validator=_check_socket_path)
     log_dir: Path

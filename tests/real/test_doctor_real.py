@@ -200,7 +200,7 @@ async def test_app_server_starts_with_our_args(
             assert effective["sandbox_mode"] == "read-only"
             servers = effective["mcp_servers"]
             assert servers["plain"]["command"] == "true" and servers["plain"]["args"] == ["-x"]
-            assert servers["my.server"]["env"] == {"A": "1"}
+            assert servers["my.server"]["env_vars"] == ["A"]  # the value travels in the environment, not argv
             await peer.stdin.aclose()  # stdio app-server exits 0 on EOF
             assert await proc.wait() == 0
         finally:

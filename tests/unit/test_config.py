@@ -391,7 +391,7 @@ def test_extra_args_come_last_so_a_same_key_override_wins() -> None:
     ]
 
 
-def test_mcp_env_is_an_inline_table() -> None:
+def test_mcp_env_names_go_to_codex_and_values_to_its_environment() -> None:
     config = RuntimeConfig(mcp_servers=[McpServer("s", "c", env={"TOKEN": 'a"b', "X.Y": "1"})])
     assert codex_cli_args(config)[4:] == [
         "-c",
@@ -399,8 +399,21 @@ def test_mcp_env_is_an_inline_table() -> None:
         "-c",
         "mcp_servers.s.args=[]",
         "-c",
-        'mcp_servers.s.env={TOKEN="a\\"b", "X.Y"="1"}',
+        'mcp_servers.s.env_vars=["TOKEN", "X.Y"]',
     ]
+    env = child_env(config, {})
+    assert (env["TOKEN"], env["X.Y"]) == ('a"b', "1")
+    assert 'a"b' not in " ".join(codex_cli_args(config))
+
+
+def test_mcp_env_names_cannot_carry_two_values() -> None:
+    with pytest.raises(ConfigError, match="one name can have only one value"):
+        RuntimeConfig(mcp_servers=[McpServer("a", "c", env={"K": "1"}), McpServer("b", "c", env={"K": "2"})])
+    with pytest.raises(ConfigError, match="different value than extra_env"):
+        RuntimeConfig(extra_env={"K": "0"}, mcp_servers=[McpServer("a", "c", env={"K": "1"})])
+    RuntimeConfig(
+        extra_env={"K": "1"}, mcp_servers=[McpServer("a", "c", env={"K": "1"}), McpServer("b", "c", env={"K": "1"})]
+    )
 
 
 def test_dotted_mcp_name_is_one_quoted_table_before_the_bare_names() -> None:
@@ -416,7 +429,7 @@ def test_dotted_mcp_name_is_one_quoted_table_before_the_bare_names() -> None:
     args = codex_cli_args(config)
     assert args[4:] == [
         "-c",
-        'mcp_servers={"my.server"={command="/bin/srv", args=["--x"], env={A="1"}}, '
+        'mcp_servers={"my.server"={command="/bin/srv", args=["--x"], env_vars=["A"]}, '
         '"with space"={command="w", args=[]}}',
         "-c",
         'mcp_servers.plain.command="p"',
@@ -425,7 +438,7 @@ def test_dotted_mcp_name_is_one_quoted_table_before_the_bare_names() -> None:
     ]
     table = tomllib.loads(args[5])["mcp_servers"]
     assert table == {
-        "my.server": {"command": "/bin/srv", "args": ["--x"], "env": {"A": "1"}},
+        "my.server": {"command": "/bin/srv", "args": ["--x"], "env_vars": ["A"]},
         "with space": {"command": "w", "args": []},
     }
 
