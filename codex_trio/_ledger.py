@@ -120,6 +120,19 @@ class Ledger:
             self._open[seq] = sub
             self._next_seq = max(self._next_seq, seq + 1)
 
+    def requeue_in_doubt(self, pending: Iterable[tuple[int, str, SubmissionKind, str]]) -> list[Submission]:
+        """Put submissions a dead host was delivering back at the head of the queue, in seq order.
+
+        Only for those the caller has checked codex never received (they were sent before anything restored
+        with :meth:`restore`, so they go first).
+        """
+        subs = [Submission(seq, source_id, kind, text) for seq, source_id, kind, text in sorted(pending)]
+        for sub in reversed(subs):
+            self._queue.appendleft(sub)
+            self._open[sub.seq] = sub
+            self._next_seq = max(self._next_seq, sub.seq + 1)
+        return subs
+
     def is_duplicate(self, source_id: str) -> bool:
         return bool(source_id) and source_id in self._seen
 

@@ -80,6 +80,8 @@ log = logging.getLogger("codex_trio.runtime")
 
 #: How long a closed connection waits for the child's exit, to report the exit rather than the close.
 _EXIT_AFTER_CLOSE: Final = 0.25
+#: How many recent turns to search for input a dead host was delivering (it was the last thing it sent).
+_IN_DOUBT_TURNS: Final = 20
 #: codex rejects larger turn input with -32602 input_too_large (codex-app-server.md §8); refuse it up front.
 MAX_INPUT_CHARS: Final = 1_048_576
 
@@ -206,6 +208,7 @@ class Runtime:
         self._completions = CompletionLedger()
         self._completion_inflight: dict[str, _InflightCompletion] = {}
         self._pending_thread_loss: ThreadLost | None = None
+        self._in_doubt: list[StoredSubmission] = []
         self.restarts = 0
         self.causes: list[BaseException] = []
 
@@ -544,6 +547,8 @@ class Runtime:
             )
             await apply_skill_roots(connection, self.config)
             thread_id = await self._resolve_thread(connection, generation)
+            if self._in_doubt:
+                await self._reconcile_in_doubt(connection, thread_id)
             session = _Session(generation, connection, thread_id, nursery)
             session.turn_idle.set()
             self._session = session
@@ -588,6 +593,45 @@ class Runtime:
         self._thread_id = new_id
         self._hub.publish(ThreadReady(new_id, resolution.resumed, generation))
         return new_id
+
+    async def _reconcile_in_doubt(self, connection: Connection, thread_id: str) -> None:
+        """Settle what a dead host was delivering: re-send what codex never got, never what it has.
+
+        codex records each user message with its ``clientId`` (our clientUserMessageId = source id), so the
+        thread's recent turns tell. Input without a source id cannot be checked and is not re-sent (it may have
+        had side effects), like input in flight when a child dies.
+        """
+        received: set[str] = set()
+        checked = True
+        try:
+            raw = await connection.request(
+                "thread/turns/list",
+                {"threadId": thread_id, "limit": _IN_DOUBT_TURNS, "itemsView": "full", "sortDirection": "desc"},
+            )
+            for turn in raw.get("data", []) if isinstance(raw, dict) else []:
+                for item in turn.get("items", []) if isinstance(turn, dict) else []:
+                    if isinstance(item, dict) and item.get("type") == "userMessage" and item.get("clientId"):
+                        received.add(str(item["clientId"]))
+        except RpcError as exc:
+            checked = False
+            log.warning("[%s] cannot check in-doubt input against the thread: %s", self.runtime_id, exc)
+        resend = [s for s in self._in_doubt if checked and s.source_id and s.source_id not in received]
+        for stored in self._in_doubt:
+            if stored in resend:
+                continue
+            detail = (
+                "codex received this input before the previous host stopped; it is not sent again"
+                if stored.source_id in received
+                else "the previous host stopped while delivering this input; it cannot be checked, so it is not "
+                "sent again"
+            )
+            await self._state.settle(
+                self.runtime_id,
+                StoredSettlement(stored.seq, stored.source_id, "interrupted", None, detail, time.time()),
+            )
+        for sub in self._ledger.requeue_in_doubt([(s.seq, s.source_id, _kind(s.kind), s.text) for s in resend]):
+            self._admissions[sub.seq] = Admission("queued", sub.source_id, sub.seq, _done=trio.Event())
+        self._in_doubt = []
 
     # -- turn worker ---------------------------------------------------------------------------------------
 
@@ -837,20 +881,9 @@ class Runtime:
             snapshot.dedup_ids,
             [(s.seq, s.source_id, _kind(s.kind), s.text) for s in snapshot.pending if not s.delivering],
         )
-        for stored in in_doubt:
-            # The previous host died between sending this and codex's answer: codex may have it. Like input in
-            # flight when a child dies, it is not sent again (it may have had side effects).
-            await self._state.settle(
-                self.runtime_id,
-                StoredSettlement(
-                    stored.seq,
-                    stored.source_id,
-                    "interrupted",
-                    None,
-                    "the previous host stopped while delivering this input; it is not sent again",
-                    time.time(),
-                ),
-            )
+        # The previous host died between sending these and codex's answer: the first session asks codex whether
+        # it has them (by clientUserMessageId) before anything else is delivered.
+        self._in_doubt = in_doubt
         for sub in self._ledger.queued:
             self._admissions[sub.seq] = Admission("queued", sub.source_id, sub.seq, _done=trio.Event())
         if snapshot.completions is not None:

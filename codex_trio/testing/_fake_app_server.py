@@ -39,6 +39,7 @@ _KNOWN_METHODS = (
     "thread/inject_items",
     "skills/extraRoots/set",
     "thread/name/set",
+    "thread/turns/list",
 )
 
 
@@ -81,9 +82,7 @@ class TurnScript:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TurnScript:
-        requests = [
-            ServerRequestSpec(r["method"], dict(r.get("params", {}))) for r in data.get("server_requests", [])
-        ]
+        requests = [ServerRequestSpec(r["method"], dict(r.get("params", {}))) for r in data.get("server_requests", [])]
         fields = {k: v for k, v in data.items() if k != "server_requests"}
         return cls(**fields, server_requests=requests)
 
@@ -91,8 +90,10 @@ class TurnScript:
 @attrs.define(eq=False)
 class _Thread:
     id: str
-    turns: list[dict[str, Any]] = attrs.field(factory=list)
+    turns: list[dict[str, Any]] = attrs.field(factory=list)  # completed turns
     injected: list[dict[str, Any]] = attrs.field(factory=list)
+    #: every user message as codex records it the moment it accepts it: {"turnId", "clientId", "text"}
+    user_messages: list[dict[str, Any]] = attrs.field(factory=list)
 
 
 @attrs.define(eq=False)
@@ -385,6 +386,7 @@ class FakeAppServer:
         turn = _ActiveTurn(str(uuid.uuid4()), thread.id, script, texts)
         self.active_turns[thread.id] = turn
         self.turns_started += 1
+        self._record_user_message(thread, turn.id, params, texts)
         conn.nursery.start_soon(self._run_turn, conn, turn)
         return {
             "turn": {
@@ -406,7 +408,40 @@ class FakeAppServer:
         if expected != active.id:
             raise FakeRpcError(f"expected turn {expected} is not the active turn {active.id}")
         active.inputs.extend(texts)
+        self._record_user_message(thread, active.id, params, texts)
         return {"turnId": active.id}
+
+    def _record_user_message(self, thread: _Thread, turn_id: str, params: dict[str, Any], texts: list[str]) -> None:
+        client_id = params.get("clientUserMessageId")
+        thread.user_messages.append({"turnId": turn_id, "clientId": client_id, "text": "\n".join(texts)})
+        self._save_state()
+
+    async def _m_thread_turns_list(self, conn: _FakeConnection, params: dict[str, Any]) -> dict[str, Any]:
+        """Newest first, like codex: each turn with its userMessage items (``clientId`` = clientUserMessageId)."""
+        thread = self._thread(params)
+        order: list[str] = []
+        for message in thread.user_messages:
+            if message["turnId"] not in order:
+                order.append(message["turnId"])
+        done = {t["id"]: t for t in thread.turns}
+        data = []
+        for turn_id in reversed(order):
+            items = [
+                {
+                    "type": "userMessage",
+                    "id": f"user-{i}",
+                    "clientId": m["clientId"],
+                    "content": [{"type": "text", "text": m["text"]}],
+                }
+                for i, m in enumerate(thread.user_messages)
+                if m["turnId"] == turn_id
+            ]
+            status = done[turn_id]["status"] if turn_id in done else "inProgress"
+            data.append({"id": turn_id, "items": items, "itemsView": "full", "status": status, "error": None})
+        limit = params.get("limit")
+        if isinstance(limit, int) and limit > 0:
+            data = data[:limit]
+        return {"data": data, "nextCursor": None}
 
     async def _m_turn_interrupt(self, conn: _FakeConnection, params: dict[str, Any]) -> dict[str, Any]:
         thread = self._thread(params)
@@ -457,9 +492,7 @@ class FakeAppServer:
                 "id": str(uuid.uuid4()),
                 "content": [{"type": "text", "text": t} for t in turn.inputs],
             }
-            await conn.notify(
-                "item/completed", {**base, "item": user_item, "completedAtMs": int(time.time() * 1000)}
-            )
+            await conn.notify("item/completed", {**base, "item": user_item, "completedAtMs": int(time.time() * 1000)})
             for spec in script.server_requests:
                 answer = await conn.server_request(spec.method, {**base, **spec.params})
                 self.server_request_answers.append((spec.method, answer))
@@ -484,9 +517,7 @@ class FakeAppServer:
                 error = {"message": script.fail}
             else:
                 item_id = "msg-" + turn.id[:8]
-                await conn.notify(
-                    "item/started", {**base, "item": {"type": "agentMessage", "id": item_id, "text": ""}}
-                )
+                await conn.notify("item/started", {**base, "item": {"type": "agentMessage", "id": item_id, "text": ""}})
                 for chunk in _chunks(script.text, script.deltas):
                     await conn.notify("item/agentMessage/delta", {**base, "itemId": item_id, "delta": chunk})
                 message = {"type": "agentMessage", "id": item_id, "text": script.text}
@@ -494,9 +525,7 @@ class FakeAppServer:
                     await conn.notify(
                         "item/completed", {**base, "item": extra, "completedAtMs": int(time.time() * 1000)}
                     )
-                await conn.notify(
-                    "item/completed", {**base, "item": message, "completedAtMs": int(time.time() * 1000)}
-                )
+                await conn.notify("item/completed", {**base, "item": message, "completedAtMs": int(time.time() * 1000)})
                 items = [message]
             self.active_turns.pop(turn.thread_id, None)
             record = {"id": turn.id, "items": items, "itemsView": "summary", "status": status, "error": error}
@@ -517,13 +546,17 @@ class FakeAppServer:
         if self._state_path is None or not self._state_path.exists():
             return
         data = json.loads(self._state_path.read_text())
+        messages = data.get("user_messages", {})
         for thread_id, turns in data.get("threads", {}).items():
-            self.threads[thread_id] = _Thread(thread_id, list(turns))
+            self.threads[thread_id] = _Thread(thread_id, list(turns), user_messages=list(messages.get(thread_id, [])))
 
     def _save_state(self) -> None:
         if self._state_path is None:
             return
-        data = {"threads": {t.id: t.turns for t in self.threads.values()}}
+        data = {
+            "threads": {t.id: t.turns for t in self.threads.values()},
+            "user_messages": {t.id: t.user_messages for t in self.threads.values()},
+        }
         tmp = self._state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self._state_path)

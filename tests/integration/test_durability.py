@@ -53,3 +53,31 @@ async def test_host_restart_delivers_pending_and_refuses_redelivery(
     assert snapshot.pending == []
     assert snapshot.record.status == "stopped"
     await store.aclose()
+
+
+async def test_in_doubt_input_is_resent_only_if_codex_never_got_it(autojump_clock: trio.abc.Clock) -> None:
+    """A host died between marking inputs 'delivering' and codex's answer: the next host asks the thread (by
+    clientUserMessageId) and re-sends only what codex does not have; an input without a source id cannot be
+    checked and is not re-sent."""
+    from codex_trio._state import StoredSubmission
+
+    fake = FakeAppServer()
+    store = codex_trio.MemoryStateStore()
+    config = RuntimeConfig(runtime_id="doubt")
+    async with codex_trio.open_runtime(config, state=store, launcher=FakeLauncher(fake)) as runtime:
+        await (await runtime.submit(ChannelInput("got-it", "codex has this one"))).settled()
+    # What a crashed host leaves behind: three inputs marked delivering; codex only has "got-it".
+    for seq, source_id in ((10, "got-it"), (11, "never-sent"), (12, "")):
+        await store.accept("doubt", StoredSubmission(seq, source_id, "channel", f"text {seq}", 0.0), dedup_window=1024)
+        await store.delivering("doubt", seq)
+    async with codex_trio.open_runtime(config, state=store, launcher=FakeLauncher(fake)) as runtime:
+        with trio.fail_after(30):
+            while not any(r.get("clientUserMessageId") == "never-sent" for r in fake.requests("turn/start")):
+                await trio.sleep(0.1)
+    sent = [r.get("clientUserMessageId") for r in fake.requests("turn/start")]
+    assert sent == ["got-it", "never-sent"]  # got-it once (before the crash), never-sent re-sent, "" not re-sent
+    settlements = {s.seq: s for s in await store.recent_settlements("doubt")}
+    assert settlements[10].outcome == "interrupted" and "received" in (settlements[10].detail or "")
+    assert settlements[12].outcome == "interrupted" and "cannot be checked" in (settlements[12].detail or "")
+    assert settlements[11].outcome == "completed"
+    assert (await store.load("doubt")).pending == []

@@ -46,8 +46,13 @@ async def test_skill_roots_inject_items_and_a_large_frame(tmp_path: Path, codex_
                         "content": [{"type": "input_text", "text": "TEAMMATE COMPLETION: job 42"}]}
                 assert await conn.request("thread/inject_items", {"threadId": thread, "items": [note]}) == {}
                 params = {"threadId": thread, "input": [{"type": "text", "text": "hi", "text_elements": []}]}
-                await conn.request("turn/start", params)
+                await conn.request("turn/start", {**params, "clientUserMessageId": "cid-1"})
                 assert (await sub.receive()).params["turn"]["status"] == "completed"
+                # codex keeps our clientUserMessageId on the user message: how a new host tells whether input a
+                # dead host was delivering ever reached codex
+                turns = await conn.request("thread/turns/list", {"threadId": thread, "itemsView": "full"})
+                users = [i for t in turns["data"] for i in t["items"] if i["type"] == "userMessage"]
+                assert [u["clientId"] for u in users] == ["cid-1"]
                 assert "TEAMMATE COMPLETION: job 42" in model.requests[0].input_texts()
                 await conn.request("turn/start", params)
                 done = await sub.receive()
