@@ -198,7 +198,8 @@ async def test_text_streams_deltas_then_hang_is_interrupted(tmp_path: Path) -> N
 
 
 async def test_exec_command_runs_and_its_output_reaches_the_model(tmp_path: Path) -> None:
-    script: list[Step] = [ExecCommand("echo mock-exec-ok", workdir=str(tmp_path)), Text("ran it")]
+    # a generous yield: codex returns as soon as the command exits, but a loaded machine can take over 1 s
+    script: list[Step] = [ExecCommand("echo mock-exec-ok", workdir=str(tmp_path), yield_time_ms=15000), Text("ran it")]
     with trio.fail_after(60), MockModelServer(script) as model:
         async with codex_app_server(tmp_path, model) as peer:
             thread_id = await start_thread(peer, tmp_path)

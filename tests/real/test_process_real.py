@@ -191,7 +191,8 @@ async def test_real_codex_node_wrapper_group_reaped(
             assert child.pid in members
             # codex's own helpers (git, lsb_release) may be in the group too: look for the server by argv
             native = [pid for pid in members if pid != child.pid and "app-server" in cmdline(pid)]
-            assert len(native) == (0 if node_execs else 1), {pid: cmdline(pid) for pid in members}
+            # (a forked helper of codex carries the server's argv until it execs, so there may briefly be two)
+            assert (not native) if node_execs else bool(native), {pid: cmdline(pid) for pid in members}
         assert child.returncode is not None
         assert live_pids_in_group(child.pgid) == []
         assert gone(sock)
