@@ -36,6 +36,8 @@ log = logging.getLogger("codex_trio.connection")
 #: Long enough for thread/resume of a large history on a loaded machine, short enough that a hung server is
 #: noticed. Turns are not requests (turn/start answers at once), so this does not bound turn length.
 DEFAULT_REQUEST_TIMEOUT: Final = 60.0
+#: A subscriber draining buffered notifications yields to the scheduler once per this many (see receive()).
+_YIELD_EVERY: Final = 64
 
 ServerRequestHandler = Callable[[ServerRequest], Awaitable[Any]]
 """Answers a server request: return the ``result``, or raise :class:`RpcError` (its code and message are sent)."""
@@ -67,6 +69,7 @@ class Subscription:
     def __init__(self, route: _Route, receive: trio.MemoryReceiveChannel[Notification]) -> None:
         self._route = route
         self._receive = receive
+        self._unyielded = 0
 
     @property
     def dropped(self) -> int:
@@ -74,10 +77,41 @@ class Subscription:
 
     async def receive(self) -> Notification:
         """The next notification; raises ``trio.EndOfChannel`` once the connection is closed."""
-        return await self._receive.receive()
+        # Checked before taking a notification, so a cancellation never loses one (as in trio's own receive).
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            note = self._receive.receive_nowait()
+        except trio.WouldBlock:
+            return await self._receive.receive()
+        # A notification was already buffered: skip the trip through the scheduler that a full checkpoint costs
+        # for every message (it dominated ingest), but still yield every _YIELD_EVERY messages so that a busy
+        # consumer cannot starve the other tasks.
+        self._unyielded += 1
+        if self._unyielded >= _YIELD_EVERY:
+            self._unyielded = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return note
 
     def __aiter__(self) -> AsyncIterator[Notification]:
-        return self._receive.__aiter__()
+        return self
+
+    async def __anext__(self) -> Notification:
+        # receive(), inlined: this is the hot loop of every consumer (one coroutine call less per message).
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            note = self._receive.receive_nowait()
+        except trio.WouldBlock:
+            try:
+                return await self._receive.receive()
+            except trio.EndOfChannel:
+                raise StopAsyncIteration from None
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        self._unyielded += 1
+        if self._unyielded >= _YIELD_EVERY:
+            self._unyielded = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return note
 
     def close(self) -> None:
         self._receive.close()
@@ -119,6 +153,7 @@ class Connection:
         self._handler = server_request_handler
         self._waiters: dict[int, _Waiter] = {}
         self._routes: list[_Route] = []
+        self._route_snapshot: tuple[_Route, ...] = ()
         self._closed = trio.Event()
         self._close_reason: str | None = None
         self._close_error: CodexTrioError | None = None
@@ -177,8 +212,17 @@ class Connection:
             incoming = dispatch(frame)
             if type(incoming) is Notification:
                 self._notifications += 1
-                if self._routes:
-                    await self._route(incoming)
+                # Routing inlined for the common case (a send that does not block): this runs per notification.
+                # The snapshot is a tuple, so routes may come and go while a lossless send waits.
+                for route in self._route_snapshot:
+                    if route.methods is not None and incoming.method not in route.methods:
+                        continue
+                    try:
+                        route.send.send_nowait(incoming)
+                    except trio.WouldBlock:
+                        await self._route_full(route, incoming)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        self._remove_route(route)
             elif type(incoming) is Response:
                 self._wake(incoming.id, result=incoming.result)
             elif type(incoming) is ErrorResponse:
@@ -190,20 +234,20 @@ class Connection:
             elif type(incoming) is IgnoredResponse:
                 log.debug("ignoring a response to unknown request id %r", incoming.id)
 
-    async def _route(self, note: Notification) -> None:
-        for route in list(self._routes):
-            if route.methods is not None and note.method not in route.methods:
-                continue
+    async def _route_full(self, route: _Route, note: Notification) -> None:
+        """A subscriber's buffer is full: a lossless one applies back-pressure, a lossy one drops and counts.
+
+        Only this case awaits: awaiting send() for every message would cost a full trip through the scheduler
+        per notification.
+        """
+        if route.lossless:
             try:
-                if route.lossless:
-                    await route.send.send(note)
-                else:
-                    route.send.send_nowait(note)
-            except trio.WouldBlock:
-                route.dropped += 1
-                self._dropped_total += 1
+                await route.send.send(note)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._remove_route(route)
+        else:
+            route.dropped += 1
+            self._dropped_total += 1
 
     def _wake(self, request_id: int, *, result: Any = None, error: BaseException | None = None) -> None:
         waiter = self._waiters.pop(request_id, None)
@@ -298,6 +342,7 @@ class Connection:
             send.close()
         else:
             self._routes.append(route)
+            self._route_snapshot = tuple(self._routes)
         return Subscription(route, receive)
 
     def _remove_route(self, route: _Route) -> None:
@@ -305,6 +350,7 @@ class Connection:
             self._routes.remove(route)
         except ValueError:
             pass
+        self._route_snapshot = tuple(self._routes)
         route.send.close()
 
     # -- closing -------------------------------------------------------------------------------------------
@@ -323,6 +369,7 @@ class Connection:
         for route in self._routes:
             route.send.close()
         self._routes.clear()
+        self._route_snapshot = ()
         self._closed.set()
 
     async def aclose(self, reason: str = "connection closed by caller") -> None:

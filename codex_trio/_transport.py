@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections import deque
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -44,6 +45,8 @@ _WS_QUEUE: Final = 256
 _WS_RECEIVE_BYTES: Final = 64 * 1024
 _NDJSON_READ: Final = 64 * 1024
 _WS_CLOSE_WAIT: Final = 0.05
+#: A reader draining queued WebSocket messages yields to the scheduler once per this many.
+_WS_YIELD_EVERY: Final = 64
 
 
 class MessageStream(Protocol):
@@ -87,15 +90,70 @@ def unix_connect_path(path: Path | str) -> str:
     return resolved
 
 
+class _EagerSendChannel:
+    """Stands in for trio-websocket's internal message channel so that its reader task queues a message without
+    a checkpoint when the queue has room.
+
+    trio-websocket awaits ``send()`` once per message, and every such checkpoint is a full trip through the
+    scheduler: its reader then hands over exactly one message per scheduler batch, which capped ingest at the
+    speed of the scheduler rather than of the parsing. With this, one ``receive_some`` chunk (hundreds of small
+    notifications) is queued in one go; a full queue still waits (back-pressure is unchanged), and the reader
+    task still checkpoints on every read from the socket.
+    """
+
+    def __init__(self, inner: trio.MemorySendChannel[str | bytes]) -> None:
+        self._inner = inner
+
+    async def send(self, value: str | bytes) -> None:
+        try:
+            self._inner.send_nowait(value)
+        except trio.WouldBlock:
+            await self._inner.send(value)
+
+    def send_nowait(self, value: str | bytes) -> None:
+        self._inner.send_nowait(value)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> _EagerSendChannel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def _make_eager(ws: trio_websocket.WebSocketConnection) -> trio.MemoryReceiveChannel[str | bytes] | None:
+    """Apply :class:`_EagerSendChannel` to ``ws``; returns its receive channel, or None when trio-websocket's
+    internals are not what this was written against (0.12), in which case nothing is changed."""
+    send = getattr(ws, "_send_channel", None)
+    receive = getattr(ws, "_recv_channel", None)
+    if not isinstance(send, trio.MemorySendChannel) or not isinstance(receive, trio.MemoryReceiveChannel):
+        return None
+    ws._send_channel = _EagerSendChannel(send)  # type: ignore[assignment]  # duck-typed stand-in
+    return receive
+
+
 class WebSocketMessageStream:
     """A :class:`MessageStream` over a trio-websocket connection."""
 
     def __init__(
-        self, ws: trio_websocket.WebSocketConnection, description: str, max_message_size: int
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        description: str,
+        max_message_size: int,
+        *,
+        eager: bool = False,
     ) -> None:
         self._ws = ws
         self.description = description
         self._max = max_message_size
+        # With ``eager``, messages already queued by trio-websocket are taken without a full checkpoint each.
+        self._queued = _make_eager(ws) if eager else None
+        self._unyielded = 0
 
     async def send_message(self, message: str) -> None:
         try:
@@ -106,6 +164,21 @@ class WebSocketMessageStream:
             raise ConnectionLost(f"{self.description}: send failed: {exc}") from None
 
     async def receive_message(self) -> str | bytes:
+        queued = self._queued
+        if queued is not None:
+            # Like get_message(), minus the scheduler trip per queued message; still cancellable here, and still
+            # yielding now and then. A closed queue falls through to get_message() for its ConnectionClosed.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                message = queued.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                pass
+            else:
+                self._unyielded += 1
+                if self._unyielded >= _WS_YIELD_EVERY:
+                    self._unyielded = 0
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return message
         try:
             return await self._ws.get_message()
         except trio_websocket.ConnectionClosed as exc:
@@ -161,7 +234,7 @@ async def connect_tcp_websocket(
         )
     except (OSError, trio_websocket.HandshakeError) as exc:
         raise ConnectionLost(f"cannot open {url}: {exc}") from None
-    return WebSocketMessageStream(ws, f"app-server at {url}", max_message_size)
+    return WebSocketMessageStream(ws, f"app-server at {url}", max_message_size, eager=True)
 
 
 async def _wrap_client(
@@ -183,7 +256,7 @@ async def _wrap_client(
     except (OSError, trio.BrokenResourceError) as exc:
         await stream.aclose()
         raise ConnectionLost(f"{description}: WebSocket handshake failed: {exc}") from None
-    return WebSocketMessageStream(ws, description, max_message_size)
+    return WebSocketMessageStream(ws, description, max_message_size, eager=True)
 
 
 # --- NDJSON ---------------------------------------------------------------------------------------------------
@@ -209,7 +282,7 @@ class NdjsonMessageStream:
         self._max = max_line_size
         self.description = description
         self._buffer = bytearray()
-        self._scan_from = 0
+        self._lines: deque[bytes] = deque()
         self._eof = False
         self._send_lock = trio.Lock()
 
@@ -222,15 +295,14 @@ class NdjsonMessageStream:
                 raise ConnectionLost(f"{self.description}: cannot write: {exc}") from None
 
     async def receive_message(self) -> bytes:
+        lines = self._lines
         while True:
-            newline = self._buffer.find(b"\n", self._scan_from)
-            if newline >= 0:
-                line = bytes(self._buffer[:newline])
-                del self._buffer[: newline + 1]
-                self._scan_from = 0
-                if line.strip():
+            if lines:
+                line = lines.popleft()
+                if line and not line.isspace():  # blank lines are skipped (isspace: the set strip() removes)
                     return line
                 continue
+            # Only an unfinished line is left in the buffer.
             if len(self._buffer) > self._max:
                 size = len(self._buffer)
                 self._buffer.clear()
@@ -242,13 +314,21 @@ class NdjsonMessageStream:
                     self._buffer.clear()
                     return line
                 raise ConnectionLost(f"{self.description} closed (end of output)")
-            self._scan_from = len(self._buffer)
             try:
                 chunk = await self._receive.receive_some(_NDJSON_READ)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise ConnectionLost(f"{self.description}: read failed: {exc}") from None
             if not chunk:
                 self._eof = True
+            elif b"\n" in chunk:
+                # One split per chunk rather than a find and a slice per line: most chunks hold hundreds of
+                # notifications, and this loop is the whole cost of the stdio transport.
+                parts: list[bytes] = (chunk if type(chunk) is bytes else bytes(chunk)).split(b"\n")
+                if self._buffer:
+                    self._buffer += parts[0]
+                    parts[0] = bytes(self._buffer)
+                self._buffer = bytearray(parts.pop())
+                lines.extend(parts)
             else:
                 self._buffer += chunk
 
