@@ -299,7 +299,7 @@ class Connection:
         forever), and :class:`ConnectionLost` when the connection closes first.
         """
         if self._close_error is not None:
-            raise ConnectionLost(self._close_reason or "connection closed")
+            raise ConnectionLost(self._close_reason or "connection closed", request_sent=False)
         request_id, frame = self._peer.request(method, params)
         waiter = _Waiter()
         self._waiters[request_id] = waiter
@@ -320,7 +320,7 @@ class Connection:
 
     async def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None:
         if self._close_error is not None:
-            raise ConnectionLost(self._close_reason or "connection closed")
+            raise ConnectionLost(self._close_reason or "connection closed", request_sent=False)
         await self._send(self._peer.notification(method, params))
 
     async def _send(self, frame: str) -> None:
@@ -328,7 +328,7 @@ class Connection:
             await self._stream.send_message(frame)
         except ConnectionLost as exc:
             self._close(exc)
-            raise ConnectionLost(self._close_reason or exc.reason) from None
+            raise ConnectionLost(self._close_reason or exc.reason, request_sent=False) from None
 
     # -- subscriptions -------------------------------------------------------------------------------------
 
@@ -360,7 +360,7 @@ class Connection:
             return
         self._close_error = error
         self._close_reason = error.reason if isinstance(error, ConnectionLost) else str(error)
-        lost = ConnectionLost(self._close_reason)
+        lost = ConnectionLost(self._close_reason, request_sent=True)  # every waiter's frame went out
         self._peer.drain_pending()
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():

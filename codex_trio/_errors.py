@@ -57,11 +57,14 @@ class ConnectionLost(TransportError):
     """The connection to the app-server is closed; every pending request fails with this one error.
 
     ``reason`` is a short human description of why (socket closed, child exited, protocol error, caller closed).
+    ``request_sent`` tells a failed request whether its frame left us: ``False`` means the app-server certainly
+    never saw it (safe to send again elsewhere), ``True`` that it was sent and the answer never came.
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, request_sent: bool | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.request_sent = request_sent
 
 
 class FrameTooLarge(TransportError):

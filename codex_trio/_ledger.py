@@ -208,6 +208,15 @@ class Ledger:
         self._by_turn.setdefault(turn_id, []).append(sub)
         return None
 
+    def undeliver(self, sub: Submission, generation: int) -> None:
+        """The request carrying ``sub`` certainly never left us (the connection was already gone): it goes back
+        to the head of the queue, to be delivered by the next session, instead of settling ``interrupted``."""
+        if generation != self.generation or sub.state != "delivering":
+            return
+        sub.state = "queued"
+        sub.generation = None
+        self._queue.appendleft(sub)
+
     def delivery_failed(self, sub: Submission, error: str, generation: int) -> Settlement | None:
         """codex rejected the request that carried ``sub``: it settles ``failed`` and is not retried."""
         if generation != self.generation or sub.state != "delivering":

@@ -675,7 +675,9 @@ class Runtime:
             return False
         except RequestTimeout as exc:
             raise _SessionLost(exc) from None
-        except ConnectionLost:
+        except ConnectionLost as exc:
+            if exc.request_sent is False:
+                self._ledger.undeliver(sub, session.generation)  # never left us: the next session sends it
             await trio.sleep_forever()  # the watcher ends the session
         turn_id = raw.get("turnId") if isinstance(raw, dict) else None
         await self._delivered(session, sub, turn_id if isinstance(turn_id, str) else expected)
@@ -694,7 +696,9 @@ class Runtime:
             return
         except RequestTimeout as exc:
             raise _SessionLost(exc) from None
-        except ConnectionLost:
+        except ConnectionLost as exc:
+            if exc.request_sent is False:
+                self._ledger.undeliver(sub, session.generation)  # never left us: the next session sends it
             await trio.sleep_forever()
         except Exception as exc:  # a malformed answer: the turn may exist, but we cannot track it
             raise _SessionLost(exc) from None

@@ -297,3 +297,33 @@ async def test_connect_to_missing_socket_is_connection_lost(tmp_path: Path) -> N
         async with trio.open_nursery() as nursery:
             with pytest.raises(ConnectionLost, match="cannot connect"):
                 await connect_unix_websocket(nursery, tmp_path / "missing.sock")
+
+
+async def test_connection_lost_says_whether_the_request_left_us() -> None:
+    fake = FakeAppServer()
+    started = trio.Event()
+
+    async def hang(params: dict[str, Any]) -> None:
+        started.set()
+        await trio.sleep_forever()
+
+    fake.handlers["thread/start"] = hang
+    with trio.fail_after(5):
+        async with connected(fake) as conn:
+            await initialize(conn)
+            errors: list[ConnectionLost] = []
+
+            async def call() -> None:
+                try:
+                    await conn.request("thread/start", {})
+                except ConnectionLost as exc:
+                    errors.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call)
+                await started.wait()
+                await fake.close_all()
+            assert errors[0].request_sent is True  # sent; the answer never came
+            with pytest.raises(ConnectionLost) as info:
+                await conn.request("thread/start", {})
+            assert info.value.request_sent is False  # never left us: safe to send elsewhere

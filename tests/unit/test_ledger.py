@@ -850,3 +850,19 @@ class LedgerMachine(RuleBasedStateMachine):
 
 TestLedgerMachine = LedgerMachine.TestCase
 TestLedgerMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+def test_undeliver_puts_an_unsent_submission_back_at_the_head() -> None:
+    ledger = Ledger()
+    gen = ledger.start_generation()
+    first = ledger.admit("a", "channel", "one")
+    second = ledger.admit("b", "channel", "two")
+    assert first is not None and second is not None
+    ledger.begin_delivery(first, gen)
+    ledger.undeliver(first, gen)
+    assert ledger.next_queued() is first and first.state == "queued"
+    assert ledger.session_lost(gen, "gone") == []  # nothing in flight: nothing interrupted
+    assert [s.seq for s in ledger.queued] == [first.seq, second.seq]
+    ledger.begin_delivery(first, gen)
+    ledger.undeliver(first, gen + 1)  # a stale generation changes nothing
+    assert first.state == "delivering"
