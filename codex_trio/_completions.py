@@ -124,9 +124,7 @@ _JS_WHITESPACE: Final = (
 def _non_empty_str(name: str) -> Any:
     def check(_inst: object, _attr: object, value: object) -> None:
         if not isinstance(value, str) or not value:
-            raise ConfigError(
-                f"Completion.{name} must be a non-empty string, got {value!r}", field=name, value=value
-            )
+            raise ConfigError(f"Completion.{name} must be a non-empty string, got {value!r}", field=name, value=value)
 
     return check
 
@@ -229,9 +227,7 @@ def _encode_like_node(text: str) -> bytes:
 
 
 def _dir_error(path: str, problem: str) -> ConfigError:
-    return ConfigError(
-        f"refusing to use completion spill directory {path}: {problem}", field="spill_dir", value=path
-    )
+    return ConfigError(f"refusing to use completion spill directory {path}: {problem}", field="spill_dir", value=path)
 
 
 def _open_owner_only_dir(path: str) -> int:
@@ -309,9 +305,7 @@ def frame_completion(completion: Completion, inner: str) -> str:
     )
 
 
-def build_completion_item(
-    completion: Completion, spill_dir: str | os.PathLike[str], budget: int
-) -> dict[str, Any]:
+def build_completion_item(completion: Completion, spill_dir: str | os.PathLike[str], budget: int) -> dict[str, Any]:
     """The ``thread/inject_items`` item: a developer-role message holding the framed completion.
 
     Blocking when the result spills; see :func:`resolve_completion_body`.
@@ -325,9 +319,7 @@ def build_completion_item(
 
 def _check_limit(limit: object) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ConfigError(
-            f"id cache limit must be a positive integer, got {limit!r}", field="limit", value=limit
-        )
+        raise ConfigError(f"id cache limit must be a positive integer, got {limit!r}", field="limit", value=limit)
     return limit
 
 

@@ -24,6 +24,7 @@ Facts about codex 0.169 this module relies on (checked against the binary):
   servers, and the user's ``extra_args`` come last of all.
 * A later ``-c`` for the same key wins over an earlier one.
 """
+
 from __future__ import annotations
 
 import math
@@ -180,8 +181,7 @@ def _v_runtime_id(owner: object, attribute: attrs.Attribute[Any], value: object)
         raise _fail(
             owner,
             attribute.name,
-            f"={_show(value)} must be 1-64 characters of [A-Za-z0-9._-] and not only dots "
-            f"(it is used in file names)",
+            f"={_show(value)} must be 1-64 characters of [A-Za-z0-9._-] and not only dots (it is used in file names)",
             value,
         )
 

@@ -277,9 +277,7 @@ class Connection:
                 )
             except Exception as exc:
                 log.warning("server request handler for %s failed: %r", request.method, exc)
-                frame = self._peer.error(
-                    request.id, INTERNAL_ERROR, f"{request.method} handler failed: {exc}"
-                )
+                frame = self._peer.error(request.id, INTERNAL_ERROR, f"{request.method} handler failed: {exc}")
             else:
                 frame = self._peer.result(request.id, result)
         try:

@@ -326,9 +326,7 @@ class _Demo:
             self.out.line(f"  {number}. {title.ljust(width)}  {format_duration(seconds):>9}")
         self.out.line(f"  stop: runtime closed, app-server reaped in {format_duration(report.stop_seconds)}")
         outcomes = ", ".join(f"{n} {outcome}" for outcome, n in sorted(report.settlements.items()))
-        self.out.line(
-            f"  state.db: runtime 'demo' {stored_status}, thread {report.thread_id}, settlements: {outcomes}"
-        )
+        self.out.line(f"  state.db: runtime 'demo' {stored_status}, thread {report.thread_id}, settlements: {outcomes}")
         self.out.line(
             f"demo ok in {format_duration(report.total_seconds)}: {report.restarts} restart, thread resumed, "
             f"{report.duplicates} duplicates refused",

@@ -277,13 +277,9 @@ def _check_auth(home: Path, parsed: dict[str, Any] | None, env: Mapping[str, str
         if isinstance(env_key, str) and env_key:
             if env.get(env_key, "").strip():
                 return _passed(name, f"model provider {provider!r} reads its key from ${env_key}, which is set")
-            return _error(
-                name, f"model provider {provider!r} reads its API key from ${env_key}, which is not set"
-            )
+            return _error(name, f"model provider {provider!r} reads its API key from ${env_key}, which is not set")
         if custom.get("requires_openai_auth") is not True:
-            return _passed(
-                name, f"model provider {provider!r} needs no auth (no env_key, no requires_openai_auth)"
-            )
+            return _passed(name, f"model provider {provider!r} needs no auth (no env_key, no requires_openai_auth)")
     elif provider in _LOCAL_PROVIDERS:
         return _passed(name, f"built-in local model provider {provider!r} needs no auth")
     if (home / "auth.json").is_file():

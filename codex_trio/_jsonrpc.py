@@ -258,15 +258,11 @@ class JsonRpcPeer:
             if params is None:
                 params = {}
             elif not isinstance(params, dict):
-                raise ProtocolError(
-                    f"app-server sent {method!r} with non-object params ({type(params).__name__})"
-                )
+                raise ProtocolError(f"app-server sent {method!r} with non-object params ({type(params).__name__})")
             if has_id:
                 request_id = envelope["id"]
                 if not (_is_int_id(request_id) or isinstance(request_id, str)):
-                    raise ProtocolError(
-                        f"app-server sent request {method!r} with an invalid id {request_id!r}"
-                    )
+                    raise ProtocolError(f"app-server sent request {method!r} with an invalid id {request_id!r}")
                 return ServerRequest(request_id, method, params)
             emitted = envelope.get("emittedAtMs")
             if type(emitted) is not int and not _is_int_id(emitted):

@@ -68,15 +68,11 @@ def ensure_owner_only_dir(path: Path) -> Path:
     except FileExistsError:
         pass  # a dangling symlink or a non-directory: the lstat below says which
     except OSError as exc:
-        raise SocketPathError(
-            f"cannot create codex_trio runtime directory {path}: {exc.strerror or exc}"
-        ) from exc
+        raise SocketPathError(f"cannot create codex_trio runtime directory {path}: {exc.strerror or exc}") from exc
     try:
         st = os.lstat(path)
     except OSError as exc:
-        raise SocketPathError(
-            f"cannot inspect codex_trio runtime directory {path}: {exc.strerror or exc}"
-        ) from exc
+        raise SocketPathError(f"cannot inspect codex_trio runtime directory {path}: {exc.strerror or exc}") from exc
     if stat.S_ISLNK(st.st_mode):
         raise SocketPathError(
             f"refusing to use codex_trio runtime directory {path}: it is a symlink, not a real directory",

@@ -48,9 +48,7 @@ def _check_number(field: str, value: Any, *, allow_inf: bool = False) -> float:
     number = float(value)
     if math.isnan(number) or (math.isinf(number) and not allow_inf):
         allowed = "a number (inf allowed)" if allow_inf else "a finite number"
-        raise ConfigError(
-            f"RestartPolicy.{field} must be {allowed} (got {value!r})", field=field, value=value
-        )
+        raise ConfigError(f"RestartPolicy.{field} must be {allowed} (got {value!r})", field=field, value=value)
     return number
 
 
@@ -98,8 +96,7 @@ class RestartPolicy:
         max_delay = _check_number("max_delay", self.max_delay)
         if max_delay < base:
             raise ConfigError(
-                f"RestartPolicy.max_delay must be >= base_delay "
-                f"(got {self.max_delay!r} < {self.base_delay!r})",
+                f"RestartPolicy.max_delay must be >= base_delay (got {self.max_delay!r} < {self.base_delay!r})",
                 field="max_delay",
                 value=self.max_delay,
             )

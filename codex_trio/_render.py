@@ -37,8 +37,7 @@ def escape_attr(value: str) -> str:
 
 def _bad_attrs(value: object) -> ConfigError:
     return ConfigError(
-        "ChannelInput.attrs must be a list of (key, value) string pairs or a mapping, "
-        f"got {type(value).__name__}",
+        f"ChannelInput.attrs must be a list of (key, value) string pairs or a mapping, got {type(value).__name__}",
         field="attrs",
         value=value,
     )
@@ -69,8 +68,7 @@ def _to_attr_pairs(value: Mapping[str, str] | Iterable[Sequence[str]] | None) ->
         key, val = pair
         if not isinstance(key, str) or not isinstance(val, str):
             raise ConfigError(
-                f"ChannelInput.attrs[{index}] must hold two strings, got "
-                f"({type(key).__name__}, {type(val).__name__})",
+                f"ChannelInput.attrs[{index}] must hold two strings, got ({type(key).__name__}, {type(val).__name__})",
                 field="attrs",
                 value=value,
             )
@@ -83,9 +81,7 @@ def _require_str(name: str, value: object, *, optional: bool) -> None:
         return
     if not isinstance(value, str):
         allowed = "a string or None" if optional else "a string"
-        raise ConfigError(
-            f"ChannelInput.{name} must be {allowed}, got {type(value).__name__}", field=name, value=value
-        )
+        raise ConfigError(f"ChannelInput.{name} must be {allowed}, got {type(value).__name__}", field=name, value=value)
 
 
 @frozen

@@ -1,6 +1,6 @@
 """Embed a codex runtime in a Trio application (here on the real codex, offline, with the scripted model).
 
-    ./dev setup && .venv/bin/python examples/embed_in_trio_app.py
+./dev setup && .venv/bin/python examples/embed_in_trio_app.py
 """
 
 from __future__ import annotations

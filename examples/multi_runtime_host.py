@@ -1,6 +1,6 @@
 """A host running several runtimes on one SQLite state store, then reading their state back.
 
-    ./dev setup && .venv/bin/python examples/multi_runtime_host.py
+./dev setup && .venv/bin/python examples/multi_runtime_host.py
 """
 
 from __future__ import annotations
@@ -28,8 +28,12 @@ async def main(workdir: Path, codex_bin: str) -> dict[str, str]:
         async with trio.open_nursery() as nursery:
             for name in ("alpha", "beta", "gamma"):
                 config = codex_trio.RuntimeConfig(
-                    runtime_id=name, codex_bin=codex_bin, codex_home=home, cwd=workdir / name,
-                    sandbox_mode="read-only", state_dir=workdir / "state",
+                    runtime_id=name,
+                    codex_bin=codex_bin,
+                    codex_home=home,
+                    cwd=workdir / name,
+                    sandbox_mode="read-only",
+                    state_dir=workdir / "state",
                 )
 
                 async def one(name: str = name, config: codex_trio.RuntimeConfig = config) -> None:

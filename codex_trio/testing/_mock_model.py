@@ -120,9 +120,7 @@ class Text:
             "id": item_id,
             "content": [{"type": "output_text", "text": self.text}],
         }
-        events: list[SseEvent] = [
-            ("response.output_item.added", {"type": "response.output_item.added", "item": added})
-        ]
+        events: list[SseEvent] = [("response.output_item.added", {"type": "response.output_item.added", "item": added})]
         events += [
             ("response.output_text.delta", {"type": "response.output_text.delta", "delta": chunk})
             for chunk in self.delta_chunks()
@@ -635,9 +633,7 @@ def codex_config_toml(
     try:
         tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(
-            f"extra_toml makes config.toml invalid: {exc}", field="extra_toml", value=extra_toml
-        ) from exc
+        raise ConfigError(f"extra_toml makes config.toml invalid: {exc}", field="extra_toml", value=extra_toml) from exc
     return text
 
 

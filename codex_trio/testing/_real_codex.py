@@ -96,7 +96,5 @@ def codex_version(bin: str) -> str:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ProcessError(f"could not run {bin!r} --version: {exc}") from exc
     if done.returncode != 0:
-        raise ProcessError(
-            f"{bin!r} --version exited with status {done.returncode}: {done.stderr.strip()[-500:]}"
-        )
+        raise ProcessError(f"{bin!r} --version exited with status {done.returncode}: {done.stderr.strip()[-500:]}")
     return done.stdout.strip()

@@ -55,9 +55,7 @@ async def test_handshake_and_turn_over_memory() -> None:
                 # frames are handled in order, so the notification came before thread/start
                 assert fake.received[1] == {"method": "initialized"}
                 thread_id = thread["thread"]["id"]
-                await conn.request(
-                    "turn/start", {"threadId": thread_id, "input": [{"type": "text", "text": "hi"}]}
-                )
+                await conn.request("turn/start", {"threadId": thread_id, "input": [{"type": "text", "text": "hi"}]})
                 deltas = []
                 async for note in sub:
                     if note.method == "turn/completed":

@@ -43,7 +43,7 @@ def fake_codex(tmp_path: Path, script: dict[str, object] | None = None) -> tuple
     import json
 
     shim = tmp_path / "codex"
-    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m codex_trio.testing.fake_app_server \"$@\"\n")
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m codex_trio.testing.fake_app_server "$@"\n')
     shim.chmod(0o700)
     env = {"FAKE_APP_SERVER_STATE": str(tmp_path / "fake-state.json")}
     if script is not None:

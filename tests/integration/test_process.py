@@ -156,9 +156,7 @@ async def test_stale_socket_file_is_not_ready(short_dir: Path, tmp_path: Path) -
     # The child leaves a dead socket file at the path (as a SIGKILLed codex does) and never listens: the
     # path exists and is a socket the whole time, yet it must not count as ready.
     pidfile = short_dir / "pid"
-    spec = make_spec(
-        short_dir, tmp_path, "--stale-first", "--never-bind", "--pidfile", str(pidfile), ready_timeout=0.5
-    )
+    spec = make_spec(short_dir, tmp_path, "--stale-first", "--never-bind", "--pidfile", str(pidfile), ready_timeout=0.5)
     with trio.fail_after(GUARD):
         with pytest.raises(AppServerNotReady) as info:
             async with open_app_server(spec):
@@ -177,8 +175,14 @@ async def test_stale_socket_file_is_not_ready(short_dir: Path, tmp_path: Path) -
 async def test_never_binds_gives_not_ready_and_reaps(short_dir: Path, tmp_path: Path) -> None:
     pidfile = short_dir / "pid"
     spec = make_spec(
-        short_dir, tmp_path, "--never-bind", "--ignore-term", "--pidfile", str(pidfile),
-        ready_timeout=0.5, grace_period=0.1,
+        short_dir,
+        tmp_path,
+        "--never-bind",
+        "--ignore-term",
+        "--pidfile",
+        str(pidfile),
+        ready_timeout=0.5,
+        grace_period=0.1,
     )
     with trio.fail_after(GUARD):
         with pytest.raises(AppServerNotReady, match=r"did not accept connections on .* within 0\.5s"):
@@ -253,9 +257,7 @@ async def test_child_ignoring_sigterm_is_killed_after_grace(short_dir: Path, tmp
     assert live_pids_in_group(child.pgid) == []
 
 
-async def test_grandchild_in_the_group_is_killed(
-    short_dir: Path, tmp_path: Path, cleanup_groups: list[int]
-) -> None:
+async def test_grandchild_in_the_group_is_killed(short_dir: Path, tmp_path: Path, cleanup_groups: list[int]) -> None:
     # The grandchild ignores SIGTERM and its parent dies of it, so only the group SIGKILL sent after the
     # leader is gone can end it (the npm wrapper's native codex is such a grandchild).
     gc_pidfile = short_dir / "gc.pid"
@@ -321,8 +323,7 @@ async def test_error_in_body_propagates_and_reaps(short_dir: Path, tmp_path: Pat
 
 async def test_cancel_during_readiness_leaves_no_process(short_dir: Path, tmp_path: Path) -> None:
     pidfile = short_dir / "pid"
-    spec = make_spec(short_dir, tmp_path, "--never-bind", "--ignore-term", "--pidfile", str(pidfile),
-                     grace_period=0.1)
+    spec = make_spec(short_dir, tmp_path, "--never-bind", "--ignore-term", "--pidfile", str(pidfile), grace_period=0.1)
     pid = None
 
     async def cancel_once_started(scope: trio.CancelScope) -> None:
@@ -368,8 +369,12 @@ async def test_cancel_while_running_leaves_no_process(
 async def test_missing_binary_is_binary_not_found(short_dir: Path, tmp_path: Path) -> None:
     missing = str(short_dir / "no-such-codex")
     spec = ChildSpec(
-        argv=app_server_argv(missing, short_dir / "a.sock"), env=dict(os.environ), cwd=None,
-        socket_path=short_dir / "a.sock", log_dir=tmp_path, runtime_id="rt",
+        argv=app_server_argv(missing, short_dir / "a.sock"),
+        env=dict(os.environ),
+        cwd=None,
+        socket_path=short_dir / "a.sock",
+        log_dir=tmp_path,
+        runtime_id="rt",
     )
     with trio.fail_after(GUARD), pytest.raises(BinaryNotFound, match="no such file") as info:
         async with open_app_server(spec):
@@ -383,8 +388,12 @@ async def test_non_executable_binary_is_binary_not_found(short_dir: Path, tmp_pa
     plain.write_text("#!/bin/sh\n")
     plain.chmod(0o644)
     spec = ChildSpec(
-        argv=app_server_argv(str(plain), short_dir / "a.sock"), env=dict(os.environ), cwd=None,
-        socket_path=short_dir / "a.sock", log_dir=tmp_path, runtime_id="rt",
+        argv=app_server_argv(str(plain), short_dir / "a.sock"),
+        env=dict(os.environ),
+        cwd=None,
+        socket_path=short_dir / "a.sock",
+        log_dir=tmp_path,
+        runtime_id="rt",
     )
     with trio.fail_after(GUARD), pytest.raises(BinaryNotFound, match="permission denied"):
         async with open_app_server(spec):
@@ -393,7 +402,11 @@ async def test_non_executable_binary_is_binary_not_found(short_dir: Path, tmp_pa
 
 def test_child_spec_validation(short_dir: Path) -> None:
     good: dict[str, Any] = {
-        "env": {}, "cwd": None, "socket_path": short_dir / "a.sock", "log_dir": short_dir, "runtime_id": "r",
+        "env": {},
+        "cwd": None,
+        "socket_path": short_dir / "a.sock",
+        "log_dir": short_dir,
+        "runtime_id": "r",
     }
     with pytest.raises(ProcessError, match="argv"):
         ChildSpec(argv=[], **good)

@@ -24,7 +24,7 @@ from codex_trio._process import live_pids_in_group
 
 def fake_codex(tmp_path: Path, script: dict[str, object] | None = None) -> tuple[str, dict[str, str]]:
     shim = tmp_path / "codex"
-    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m codex_trio.testing.fake_app_server \"$@\"\n")
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m codex_trio.testing.fake_app_server "$@"\n')
     shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
     env = {"FAKE_APP_SERVER_STATE": str(tmp_path / "fake-state.json")}
     if script is not None:
@@ -98,8 +98,12 @@ async def test_child_that_never_binds_fails_after_ready_timeout(tmp_path: Path) 
     bin, env = fake_codex(tmp_path)
     env["FAKE_APP_SERVER_BIND_DELAY"] = "never"
     cfg = RuntimeConfig(
-        runtime_id="nobind", codex_bin=bin, extra_env=env, ready_timeout=0.5,
-        socket_dir=Path("/tmp") / f"ctr-nb-{os.getpid()}", log_dir=tmp_path / "logs",
+        runtime_id="nobind",
+        codex_bin=bin,
+        extra_env=env,
+        ready_timeout=0.5,
+        socket_dir=Path("/tmp") / f"ctr-nb-{os.getpid()}",
+        log_dir=tmp_path / "logs",
     )
     launcher = codex_trio.ProcessLauncher(cfg)
     with trio.fail_after(30), pytest.raises(codex_trio.AppServerNotReady):

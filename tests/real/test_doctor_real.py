@@ -189,9 +189,7 @@ async def test_app_server_starts_with_our_args(
         )
         try:
             peer = StdioPeer(proc)
-            reply = await peer.request(
-                "initialize", {"clientInfo": {"name": config.client_name, "version": "0"}}
-            )
+            reply = await peer.request("initialize", {"clientInfo": {"name": config.client_name, "version": "0"}})
             assert reply["result"]["userAgent"].startswith("codex_trio_doctor_test/0.169.0"), reply
             await peer.send({"method": "initialized"})
             read = await peer.request("config/read", {})

@@ -30,7 +30,10 @@ async def test_skill_roots_inject_items_and_a_large_frame(tmp_path: Path, codex_
         spec = ChildSpec(
             argv=[codex_bin, "app-server", "--listen", f"unix://{tmp_path / 's.sock'}"],
             env={**os.environ, "CODEX_HOME": str(home), "RUST_LOG": "warn"},
-            cwd=None, socket_path=tmp_path / "s.sock", log_dir=tmp_path / "logs", runtime_id="wire",
+            cwd=None,
+            socket_path=tmp_path / "s.sock",
+            log_dir=tmp_path / "logs",
+            runtime_id="wire",
         )
         async with open_app_server(spec) as child, trio.open_nursery() as nursery:
             conn = Connection(await connect_unix_websocket(nursery, child.connect_path()))
@@ -42,8 +45,11 @@ async def test_skill_roots_inject_items_and_a_large_frame(tmp_path: Path, codex_
                 listed = await conn.request("skills/list", {"cwds": [str(tmp_path)], "forceReload": True})
                 assert "hello-skill" in str(listed)
                 thread = (await conn.request("thread/start", {"cwd": str(tmp_path)}))["thread"]["id"]
-                note = {"type": "message", "role": "developer",
-                        "content": [{"type": "input_text", "text": "TEAMMATE COMPLETION: job 42"}]}
+                note = {
+                    "type": "message",
+                    "role": "developer",
+                    "content": [{"type": "input_text", "text": "TEAMMATE COMPLETION: job 42"}],
+                }
                 assert await conn.request("thread/inject_items", {"threadId": thread, "items": [note]}) == {}
                 params = {"threadId": thread, "input": [{"type": "text", "text": "hi", "text_elements": []}]}
                 await conn.request("turn/start", {**params, "clientUserMessageId": "cid-1"})

@@ -193,9 +193,7 @@ async def test_missing_binary(tmp_path: Path, home: Path, env: dict[str, str], s
     assert _finding(report, "codex home").ok
 
 
-async def test_binary_from_env_then_path(
-    make_bin: MakeBin, home: Path, env: dict[str, str], sockets: Path
-) -> None:
+async def test_binary_from_env_then_path(make_bin: MakeBin, home: Path, env: dict[str, str], sockets: Path) -> None:
     from_env = make_bin(name="codex-from-env")
     report = await _run(_config(None, home, sockets), {**env, "CODEX_TRIO_CODEX_BIN": str(from_env)})
     assert report.codex_bin == str(from_env)
@@ -303,9 +301,7 @@ async def test_auth_json(make_bin: MakeBin, home: Path, env: dict[str, str], soc
     assert _finding(report, "auth").ok
 
 
-async def test_custom_provider_auth_rules(
-    make_bin: MakeBin, home: Path, env: dict[str, str], sockets: Path
-) -> None:
+async def test_custom_provider_auth_rules(make_bin: MakeBin, home: Path, env: dict[str, str], sockets: Path) -> None:
     bin = make_bin()
     with_key = MOCK_PROVIDER + 'env_key = "MOCK_KEY"\n'
     (home / "config.toml").write_text(with_key)

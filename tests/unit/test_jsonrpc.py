@@ -34,16 +34,12 @@ def test_request_ids_start_at_one_and_params_always_sent() -> None:
 def test_classification() -> None:
     peer = JsonRpcPeer()
     request_id, _ = peer.request("thread/start", {})
-    assert peer.receive(json.dumps({"id": request_id, "result": {"ok": 1}})) == Response(
-        1, "thread/start", {"ok": 1}
-    )
+    assert peer.receive(json.dumps({"id": request_id, "result": {"ok": 1}})) == Response(1, "thread/start", {"ok": 1})
     assert isinstance(peer.receive(json.dumps({"id": request_id, "result": {}})), IgnoredResponse)
     note = peer.receive(b'{"jsonrpc":"2.0","method":"turn/started","params":{"x":1},"emittedAtMs":17}')
     assert note == Notification("turn/started", {"x": 1}, 17)
     assert peer.receive('{"method":"skills/changed"}') == Notification("skills/changed", {}, None)
-    assert peer.receive('{"id":0,"method":"item/tool/call","params":{}}') == ServerRequest(
-        0, "item/tool/call", {}
-    )
+    assert peer.receive('{"id":0,"method":"item/tool/call","params":{}}') == ServerRequest(0, "item/tool/call", {})
     assert peer.statistics().ignored_responses == 1
 
 
@@ -60,9 +56,7 @@ def test_errors_are_typed_and_keep_code_and_data() -> None:
     peer.request("b", {})
     peer.request("c", {})
     unknown = peer.receive(
-        json.dumps(
-            {"id": 1, "error": {"code": -32600, "message": "Invalid request: unknown variant `a`, expected"}}
-        )
+        json.dumps({"id": 1, "error": {"code": -32600, "message": "Invalid request: unknown variant `a`, expected"}})
     )
     assert isinstance(unknown, ErrorResponse) and isinstance(unknown.error, MethodNotSupported)
     draining = peer.receive(
@@ -78,9 +72,7 @@ def test_errors_are_typed_and_keep_code_and_data() -> None:
         )
     )
     assert isinstance(draining, ErrorResponse) and isinstance(draining.error, ServerDraining)
-    plain = peer.receive(
-        json.dumps({"id": 3, "error": {"code": -32602, "message": "too big", "data": {"n": 1}}})
-    )
+    plain = peer.receive(json.dumps({"id": 3, "error": {"code": -32602, "message": "too big", "data": {"n": 1}}}))
     assert isinstance(plain, ErrorResponse)
     assert type(plain.error) is RpcError
     assert (plain.error.code, plain.error.rpc_message, plain.error.data, plain.error.method) == (
@@ -130,9 +122,7 @@ def test_garbage_raises_protocol_error(frame: str | bytes) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=20,
 )
 envelopes = st.fixed_dictionaries(
@@ -150,11 +140,7 @@ envelopes = st.fixed_dictionaries(
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    st.one_of(
-        envelopes.map(json.dumps), json_values.map(json.dumps), st.binary(max_size=64), st.text(max_size=64)
-    )
-)
+@given(st.one_of(envelopes.map(json.dumps), json_values.map(json.dumps), st.binary(max_size=64), st.text(max_size=64)))
 def test_fuzz_only_typed_outcomes(frame: Any) -> None:
     peer = JsonRpcPeer()
     for _ in range(3):

@@ -733,7 +733,8 @@ class LedgerMachine(RuleBasedStateMachine):
         terminal = terminal_for(turn_id, outcome)
         turn = self.turns[turn_id]
         expected = [
-            self.expect(seq, outcome, terminal.error, terminal) for seq in sorted(turn.subs)
+            self.expect(seq, outcome, terminal.error, terminal)
+            for seq in sorted(turn.subs)
             if self.state[seq] == "delivered"
         ]
         self.check_settled(self.ledger.turn_ended(terminal, self.gen), expected)

@@ -155,9 +155,7 @@ def test_delta_chunks_always_add_up_to_the_text(text: str, n: int) -> None:
 
 def test_exec_command_is_a_function_call_with_json_arguments(model: MockModelServer) -> None:
     model.enqueue(
-        ExecCommand(
-            "touch /x/marker", sandbox_permissions="require_escalated", justification="why not", workdir="/x"
-        ),
+        ExecCommand("touch /x/marker", sandbox_permissions="require_escalated", justification="why not", workdir="/x"),
         ExecCommand("ls"),
     )
     events = post_events(model)
@@ -415,17 +413,13 @@ def fake_binary(path: Path, script: str) -> str:
     return str(path)
 
 
-def test_find_codex_bin_prefers_an_executable_env_var(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_find_codex_bin_prefers_an_executable_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = fake_binary(tmp_path / "my-codex", "echo hi")
     monkeypatch.setenv("CODEX_TRIO_CODEX_BIN", fake)
     assert _real_codex.find_codex_bin() == fake
 
 
-def test_find_codex_bin_skips_a_non_executable_env_var(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_find_codex_bin_skips_a_non_executable_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     not_exec = tmp_path / "codex"
     not_exec.write_text("")
     monkeypatch.setenv("CODEX_TRIO_CODEX_BIN", str(not_exec))

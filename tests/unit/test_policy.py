@@ -148,9 +148,7 @@ def test_intensity_allows_exactly_max_restarts_in_the_window() -> None:
     assert decision.give_up
     assert decision.delay == 0.0
     assert "max_restarts=3" in decision.reason
-    assert tracker.statistics() == RestartStatistics(
-        attempts=3, total_restarts=3, given_up=True, last_delay=0.0
-    )
+    assert tracker.statistics() == RestartStatistics(attempts=3, total_restarts=3, given_up=True, last_delay=0.0)
 
 
 def test_a_restart_exactly_within_seconds_ago_no_longer_counts() -> None:
@@ -241,13 +239,9 @@ def test_causes_are_bounded_and_oldest_first() -> None:
 
 def test_statistics() -> None:
     tracker = RestartTracker(RestartPolicy(max_restarts=100))
-    assert tracker.statistics() == RestartStatistics(
-        attempts=0, total_restarts=0, given_up=False, last_delay=None
-    )
+    assert tracker.statistics() == RestartStatistics(attempts=0, total_restarts=0, given_up=False, last_delay=None)
     crash_loop(tracker, 3)
-    assert tracker.statistics() == RestartStatistics(
-        attempts=3, total_restarts=3, given_up=False, last_delay=4.0
-    )
+    assert tracker.statistics() == RestartStatistics(attempts=3, total_restarts=3, given_up=False, last_delay=4.0)
 
 
 def test_time_must_not_go_backwards() -> None:
@@ -335,9 +329,7 @@ def assert_jitter_bounds(delay: float, nominal: float, jitter: float) -> None:
         ({"healthy_after": -1.0}, "healthy_after", "RestartPolicy.healthy_after must be >= 0"),
     ],
 )
-def test_validation_errors_name_field_value_and_rule(
-    kwargs: dict[str, Any], field: str, expected: str
-) -> None:
+def test_validation_errors_name_field_value_and_rule(kwargs: dict[str, Any], field: str, expected: str) -> None:
     with pytest.raises(ConfigError) as excinfo:
         RestartPolicy(**kwargs)
     assert expected in str(excinfo.value)

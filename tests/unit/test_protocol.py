@@ -245,8 +245,14 @@ def test_turn_started_frame_with_only_the_required_fields() -> None:
 def test_interrupted_turn_frame() -> None:
     raw: dict[str, Any] = {
         "threadId": THREAD,
-        "turn": {"id": TURN, "items": [], "itemsView": "notLoaded", "status": "interrupted", "error": None,
-                 "durationMs": 415},
+        "turn": {
+            "id": TURN,
+            "items": [],
+            "itemsView": "notLoaded",
+            "status": "interrupted",
+            "error": None,
+            "durationMs": 415,
+        },
     }
     turn = p.structure(raw, p.TurnNotification).turn
     assert (turn.status, turn.items, turn.duration_ms) == ("interrupted", [], 415)
@@ -258,8 +264,12 @@ def test_failed_turn_keeps_its_error() -> None:
     raw["turn"].update(
         status="failed",
         items=[],
-        error={"message": "stream disconnected", "additionalDetails": "502", "codexErrorInfo": info,
-               "misalignment": None},
+        error={
+            "message": "stream disconnected",
+            "additionalDetails": "502",
+            "codexErrorInfo": info,
+            "misalignment": None,
+        },
     )
     turn = p.structure(raw, p.TurnNotification).turn
     assert turn.status == "failed"

@@ -35,9 +35,7 @@ def test_plain_input_passes_text_through() -> None:
         (None, "the body"),  # body without attrs
     ],
 )
-def test_text_unchanged_unless_both_attrs_and_body(
-    attrs_value: list[tuple[str, str]] | None, body: str | None
-) -> None:
+def test_text_unchanged_unless_both_attrs_and_body(attrs_value: list[tuple[str, str]] | None, body: str | None) -> None:
     inp = ChannelInput(source_id="x", text="<raw & text>", source="s", attrs=attrs_value, body=body)
     assert render_channel_input(inp) == "<raw & text>"
 
