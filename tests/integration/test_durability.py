@@ -12,12 +12,13 @@ from codex_trio import AppServerExited, ChannelInput, RestartPolicy, RuntimeConf
 from codex_trio.testing import FakeAppServer, FakeLauncher
 
 
-async def test_host_restart_delivers_pending_and_refuses_redelivery(
-    tmp_path: Path, autojump_clock: trio.abc.Clock
-) -> None:
+async def test_host_restart_delivers_pending_and_refuses_redelivery(tmp_path: Path) -> None:
+    # Real time, not autojump: SQLite runs in worker threads, and a virtual clock would jump to the next
+    # deadline while a write is in flight.
     db = tmp_path / "host.db"
     fake = FakeAppServer()  # the same "codex home" across both hosts: threads survive
-    config = RuntimeConfig(runtime_id="durable", restart=RestartPolicy(base_delay=1, max_restarts=100))
+    policy = RestartPolicy(base_delay=0.05, max_delay=0.05, max_restarts=1000, within=1.0)
+    config = RuntimeConfig(runtime_id="durable", restart=policy)
 
     # Host 1: one turn completes; then the app-server dies and cannot come back; an input arrives meanwhile.
     launcher = FakeLauncher(fake)
@@ -26,7 +27,7 @@ async def test_host_restart_delivers_pending_and_refuses_redelivery(
         thread_id = runtime.thread_id
         done = await (await runtime.submit(ChannelInput("m1", "first"))).settled()
         assert done.outcome == "completed"
-        launcher.fail_next = [AppServerExited("no codex today", returncode=1)] * 50
+        launcher.fail_next = [AppServerExited("no codex today", returncode=1)] * 1000
         launcher.kill()
         await runtime.wait_status("degraded")
         pending = await runtime.submit(ChannelInput("m2", "while codex is down"))
