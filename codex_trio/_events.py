@@ -189,6 +189,9 @@ class EventStream:
         return self
 
     async def __anext__(self) -> Event:
+        buffer = self._buffer
+        if buffer and not self._lagged:  # the hot path of every consumer: one frame, no loop
+            return buffer.popleft()
         try:
             return await self.receive()
         except trio.EndOfChannel:

@@ -760,15 +760,20 @@ class Runtime:
 
     async def _route(self, session: _Session, notifications: Any) -> None:
         gen = session.generation
+        hub = self._hub
         async for note in notifications:
             method = note.method
             if method == "item/agentMessage/delta":
+                if not hub.subscriber_count:
+                    continue  # the hottest notification: build nothing nobody reads
                 params = note.params
-                self._hub.publish(
-                    AgentMessageDelta(
+                try:
+                    delta = AgentMessageDelta(params["turnId"], params["itemId"], params["delta"], gen)
+                except KeyError:
+                    delta = AgentMessageDelta(
                         str(params.get("turnId")), str(params.get("itemId")), str(params.get("delta", "")), gen
                     )
-                )
+                hub.publish(delta)
             elif method == "item/completed" or method == "item/started":
                 self._on_item(session, note)
             elif method == "turn/started":
