@@ -1,7 +1,8 @@
 """The attrs protocol models and their converter, on payloads shaped like real codex 0.169 frames.
 
-The payloads are copied (ids shortened) from the project notes on codex 0.169 (shared/reference/codex-app-server.md) §3-§5. The schema side of
-the same models is checked against the real binary in ``tests/real/test_protocol_schema.py``.
+The payloads are copied (ids shortened) from the project's notes on codex 0.169 (shared/reference/
+codex-app-server.md, §3-§5). The schema side of the same models is checked against the real binary in
+``tests/real/test_protocol_schema.py``.
 """
 
 from __future__ import annotations
