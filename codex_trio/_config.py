@@ -39,6 +39,7 @@ import attrs
 
 from ._errors import ConfigError
 from ._policy import RestartPolicy
+from ._util import masked_env
 
 __all__ = [
     "APPROVAL_POLICIES",
@@ -71,11 +72,6 @@ _MIN_EVENT_BUFFER = 16
 
 
 # --- messages -----------------------------------------------------------------------------------------------
-
-
-def masked_env(env: Mapping[str, str]) -> str:
-    """An environment for repr(): the names, never the values (they are often API keys)."""
-    return "{" + ", ".join(f"{key!r}: '***'" for key in env) + "}"
 
 
 def _show(value: object) -> str:

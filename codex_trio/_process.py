@@ -43,6 +43,7 @@ import trio
 
 from ._errors import AppServerExited, AppServerNotReady, BinaryNotFound, ProcessError, SocketPathError
 from ._paths import SUN_PATH_MAX, ensure_owner_only_dir, path_bytes, sanitize_id
+from ._util import masked_env
 
 __all__ = [
     "AppServerChild",
@@ -87,7 +88,7 @@ class ChildSpec:
     """Everything needed to start one app-server child. ``argv`` is executed directly, never by a shell."""
 
     argv: Sequence[str] = attrs.field(converter=_to_argv)
-    env: Mapping[str, str] = attrs.field(repr=lambda env: "{" + ", ".join(f"{k!r}: '***'" for k in env) + "}")
+    env: Mapping[str, str] = attrs.field(repr=masked_env)
     cwd: Path | None
     socket_path: Path = attrs.field(validator=_check_socket_path)
     log_dir: Path

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import trio
 
 from ._errors import CodexTrioError
 
-__all__ = ["collapse_exception_groups", "leaf_exceptions"]
+__all__ = ["collapse_exception_groups", "leaf_exceptions", "masked_env"]
+
+
+def masked_env(env: Mapping[str, str]) -> str:
+    """An environment for repr(): the names, never the values (they are often API keys)."""
+    return "{" + ", ".join(f"{key!r}: '***'" for key in env) + "}"
 
 
 def leaf_exceptions(exc: BaseException) -> list[BaseException]:
