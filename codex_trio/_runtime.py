@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final, Literal
@@ -195,6 +196,9 @@ class Runtime:
         self._tracker = RestartTracker(config.restart)
         self._status: RuntimeStatus = "declared"
         self._status_changed = trio.Event()
+        # Recent transitions, so wait_status() sees a status that was held for less than a scheduling round.
+        self._transitions: deque[RuntimeStatus] = deque(maxlen=64)
+        self._transition_count = 0
         self._thread_id: str | None = None
         self._resumed = False
         self._session: _Session | None = None
@@ -277,10 +281,22 @@ class Runtime:
         return self._hub.subscribe()
 
     async def wait_status(self, *statuses: RuntimeStatus) -> RuntimeStatus:
-        while self._status not in statuses:
+        """Wait until the runtime is in, or passes through, one of ``statuses``; returns the one it reached.
+
+        A status held only briefly (``degraded`` during a zero-length backoff) still counts once it has been
+        entered after this call began: transitions are logged, not only the current status compared.
+        """
+        if self._status in statuses:
+            return self._status
+        seen = self._transition_count
+        while True:
             event = self._status_changed
             await event.wait()
-        return self._status
+            recent = list(self._transitions)[-(self._transition_count - seen) :]
+            for status in recent:
+                if status in statuses:
+                    return status
+            seen = self._transition_count
 
     def statistics(self) -> dict[str, Any]:
         session = self._session
@@ -446,6 +462,8 @@ class Runtime:
     async def _set_status(self, status: RuntimeStatus, *, error: str | None = None, **extras: Any) -> None:
         previous = self._status
         self._status = status
+        self._transitions.append(status)
+        self._transition_count += 1
         self._status_changed.set()
         self._status_changed = trio.Event()
         fields: dict[str, Any] = {}

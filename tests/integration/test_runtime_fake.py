@@ -890,3 +890,20 @@ async def test_input_during_a_user_interrupt(autojump_clock: trio.abc.Clock, mod
     assert sa.outcome == "interrupted"
     assert (sb.outcome, sb.text) == ("completed", "fake reply"), sb
     assert [m for m, _ in fake.accepted] == ["turn/start", "turn/start"]
+
+
+async def test_wait_status_sees_a_status_held_only_for_an_instant(autojump_clock: trio.abc.Clock) -> None:
+    launcher = FakeLauncher()
+    config = RuntimeConfig(restart=RestartPolicy.immediate())
+    async with open_runtime(config, launcher=launcher) as runtime:
+        async with trio.open_nursery() as nursery:
+            seen: list[str] = []
+
+            async def waiter() -> None:
+                seen.append(await runtime.wait_status("degraded"))
+
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            launcher.kill()  # zero backoff: degraded, starting and ready follow at once
+        assert seen == ["degraded"]
+        assert runtime.generation == 2
