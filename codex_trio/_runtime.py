@@ -7,7 +7,7 @@ Task tree (see docs/architecture.md)::
         └── session nursery N1        one per generation; any failure cancels all of it
             ├── app-server            the launcher's child process (reaped, shielded, on the way out)
             ├── connection reader     JSON-RPC over the WebSocket
-            ├── watchers              child exit / connection close -> _SessionLost
+            ├── watchers              child exit / connection close -> SessionLost
             ├── router                notifications -> ledger terminals, events
             └── turn worker           queue -> turn/start | turn/steer, in acceptance order
 
@@ -18,7 +18,6 @@ restart; what was in flight when a session died settles ``interrupted``.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -50,30 +49,26 @@ from ._errors import (
     RuntimeGaveUp,
 )
 from ._events import (
-    AgentMessageDelta,
     EventHub,
     EventStream,
-    ItemCompleted,
-    ItemStarted,
     Restarting,
     ServerRequestAnswered,
     StatusChanged,
     SubmissionSettled,
     ThreadLost,
     ThreadReady,
-    TurnCompleted,
-    TurnStarted,
 )
 from ._handshake import client_info, initialize
-from ._jsonrpc import Notification, ServerRequest
+from ._jsonrpc import ServerRequest
 from ._launcher import Launcher, ProcessLauncher, default_base_dir
-from ._ledger import Ledger, Settlement, Submission, SubmissionKind, TurnOutcome
+from ._ledger import Ledger, Settlement, SubmissionKind
 from ._policy import RestartTracker
 from ._process import child_identity, reap_orphan
 from ._render import ChannelInput, render_channel_input
 from ._state import LostThread, MemoryStateStore, RuntimeStatus, StateStore, StoredSettlement, StoredSubmission
 from ._threads import apply_skill_roots, resolve_thread
-from ._util import collapse_exception_groups
+from ._turns import Session, SessionLost, TurnWorker, WorkSignal
+from ._util import best_effort_write, collapse_exception_groups
 
 __all__ = ["Admission", "Checkpoint", "CompletionResult", "Runtime", "open_runtime"]
 
@@ -86,7 +81,6 @@ _IN_DOUBT_TURNS: Final = 20
 #: codex rejects larger turn input with -32602 input_too_large (codex-app-server.md §8); refuse it up front.
 MAX_INPUT_CHARS: Final = 1_048_576
 
-_REMEMBERED_ENDED_TURNS: Final = 256
 _KEPT_CAUSES: Final = 10
 
 AdmissionStatus = Literal["submitted", "queued", "duplicate", "failed", "stopped", "skipped"]
@@ -144,39 +138,6 @@ class _InflightCompletion:
     result: CompletionResult | None = None
 
 
-class _SessionLost(Exception):
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-@attrs.define(eq=False)
-class _Session:
-    generation: int
-    connection: Connection
-    thread_id: str
-    nursery: trio.Nursery
-    active_turn: str | None = None
-    turn_idle: trio.Event = attrs.field(factory=trio.Event)
-    items: dict[str, list[p.Item]] = attrs.field(factory=dict)
-    inbound_seen: bool = False
-    notice_sent: bool = False
-    #: Turns we asked codex to interrupt (with the outcome to report instead of codex's, for a deadline). The
-    #: worker delivers nothing while the active turn is in here: it waits for the turn's end.
-    interrupting: dict[str, TurnOutcome | None] = attrs.field(factory=dict)
-    #: Turns that reached their terminal, newest last (bounded). codex may send ``turn/completed`` before the
-    #: ``turn/start`` answer is processed; such a turn must not become the active turn again.
-    ended_turns: dict[str, None] = attrs.field(factory=dict)
-
-    def turn_ended(self, turn_id: str) -> bool:
-        return turn_id in self.ended_turns
-
-    def mark_ended(self, turn_id: str) -> None:
-        self.ended_turns[turn_id] = None
-        while len(self.ended_turns) > _REMEMBERED_ENDED_TURNS:
-            del self.ended_turns[next(iter(self.ended_turns))]
-
-
 class Runtime:
     """A long-lived Codex runtime. Create it with :func:`open_runtime`; do not instantiate directly."""
 
@@ -193,6 +154,8 @@ class Runtime:
         self._approvals = self._wire_approvals(approvals)
         self._ledger = Ledger(dedup_window=config.dedup_window)
         self._hub = EventHub(config.event_buffer)
+        self._work = WorkSignal()
+        self._turns = self._turn_worker()
         self._tracker = RestartTracker(config.restart)
         self._status: RuntimeStatus = "declared"
         self._status_changed = trio.Event()
@@ -201,8 +164,7 @@ class Runtime:
         self._transition_count = 0
         self._thread_id: str | None = None
         self._resumed = False
-        self._session: _Session | None = None
-        self._wakeup = trio.Event()
+        self._session: Session | None = None
         self._admissions: dict[int, Admission] = {}
         self._last_result: Settlement | None = None
         self._stopping = False
@@ -215,6 +177,17 @@ class Runtime:
         self._in_doubt: list[StoredSubmission] = []
         self.restarts = 0
         self.causes: list[BaseException] = []
+
+    def _turn_worker(self) -> TurnWorker:
+        # Built again whenever the ledger is replaced (loading the state store does that).
+        return TurnWorker(
+            config=self.config,
+            ledger=self._ledger,
+            hub=self._hub,
+            state=self._state,
+            resolve=self._resolve,
+            work=self._work,
+        )
 
     def _wire_approvals(self, approvals: ServerRequestHandler | None) -> ServerRequestHandler:
         """Answer server requests with ``approvals`` and publish every answer as a ServerRequestAnswered event."""
@@ -375,7 +348,7 @@ class Runtime:
                 raise
             return admission
         self._ledger.mark_durable(sub)
-        self._wakeup.set()
+        self._work.notify()
         return admission
 
     async def interrupt(self) -> bool:
@@ -506,7 +479,7 @@ class Runtime:
             try:
                 await self._run_session(generation, ready, task_status if first else None)
                 return  # only when stopping
-            except _SessionLost as lost:
+            except SessionLost as lost:
                 cause = lost.cause
             except BaseExceptionGroup as group:
                 cause = _session_cause(group)
@@ -515,7 +488,9 @@ class Runtime:
             finally:
                 self._session = None
                 # The session's child is reaped by now (shielded, in the launcher): forget it.
-                await self._state_write("forget the child", self._state.set_child, self.runtime_id, None)
+                await best_effort_write(
+                    self.runtime_id, "forget the child", self._state.set_child, self.runtime_id, None
+                )
                 if not self._stopping:
                     # When stopping, ledger.stop() settles what was in flight "stopped" instead.
                     self._resolve(self._ledger.session_lost(generation, "app-server session ended"))
@@ -550,8 +525,12 @@ class Runtime:
             )
             await nursery.start(connection.run)
             if launched.pgid is not None:
-                await self._state_write(
-                    "record the child", self._state.set_child, self.runtime_id, child_identity(launched.pgid)
+                await best_effort_write(
+                    self.runtime_id,
+                    "record the child",
+                    self._state.set_child,
+                    self.runtime_id,
+                    child_identity(launched.pgid),
                 )
             nursery.start_soon(self._watch_launched, launched.wait_gone)
             nursery.start_soon(self._watch_connection, connection, launched.wait_gone)
@@ -567,11 +546,11 @@ class Runtime:
             thread_id = await self._resolve_thread(connection, generation)
             if self._in_doubt:
                 await self._reconcile_in_doubt(connection, thread_id)
-            session = _Session(generation, connection, thread_id, nursery)
+            session = Session(generation, connection, thread_id, nursery)
             session.turn_idle.set()
             self._session = session
-            nursery.start_soon(self._route, session, notifications)
-            nursery.start_soon(self._turn_worker, session)
+            nursery.start_soon(self._turns.route, session, notifications)
+            nursery.start_soon(self._turns.deliver, session)
             self._tracker.session_ready(trio.current_time())
             await self._set_status("ready")
             ready.set()
@@ -580,7 +559,7 @@ class Runtime:
             await trio.sleep_forever()
 
     async def _watch_launched(self, wait_gone: Callable[[], Awaitable[BaseException]]) -> None:
-        raise _SessionLost(await wait_gone())
+        raise SessionLost(await wait_gone())
 
     async def _watch_connection(
         self, connection: Connection, wait_gone: Callable[[], Awaitable[BaseException]]
@@ -592,7 +571,7 @@ class Runtime:
             # close it caused (1006), and it is what a crash loop's last_error should show.
             with trio.move_on_after(_EXIT_AFTER_CLOSE):
                 cause = await wait_gone()
-        raise _SessionLost(cause)
+        raise SessionLost(cause)
 
     async def _resolve_thread(self, connection: Connection, generation: int) -> str:
         resolution = await resolve_thread(connection, self.config, self._thread_id)
@@ -651,210 +630,6 @@ class Runtime:
             self._admissions[sub.seq] = Admission("queued", sub.source_id, sub.seq, _done=trio.Event())
         self._in_doubt = []
 
-    # -- turn worker ---------------------------------------------------------------------------------------
-
-    async def _turn_worker(self, session: _Session) -> None:
-        ledger = self._ledger
-        steer = self.config.delivery_mode == "steer"
-        while True:
-            sub = ledger.next_queued()
-            if sub is None:
-                self._wakeup = trio.Event()
-                await self._wakeup.wait()
-                continue
-            active = session.active_turn
-            if active is not None and (not steer or active in session.interrupting):
-                await session.turn_idle.wait()
-                continue
-            ledger.begin_delivery(sub, session.generation)
-            if sub.kind != "system":
-                session.inbound_seen = True
-            # In doubt from here until codex answers: a host that dies now must not make the next one resend it.
-            await self._state_write("mark delivering", self._state.delivering, self.runtime_id, sub.seq)
-            if session.active_turn is not None and await self._steer(session, sub):
-                continue
-            await self._start_turn(session, sub)
-
-    def _input(self, sub: Submission) -> list[p.TextInput]:
-        return [p.TextInput(sub.text)]
-
-    async def _steer(self, session: _Session, sub: Submission) -> bool:
-        expected = session.active_turn
-        assert expected is not None
-        params = p.TurnSteerParams(session.thread_id, expected, self._input(sub), sub.source_id or None)
-        try:
-            raw = await session.connection.request("turn/steer", p.unstructure(params))
-        except RpcError as exc:
-            # The turn ended between our look and codex's: start a new turn instead (the original's behaviour).
-            log.info("[%s] turn/steer into %s refused (%s); starting a new turn", self.runtime_id, expected, exc)
-            if session.active_turn == expected:
-                session.active_turn = None
-                session.turn_idle.set()
-            return False
-        except RequestTimeout as exc:
-            raise _SessionLost(exc) from None
-        except ConnectionLost as exc:
-            if exc.request_sent is False:
-                self._ledger.undeliver(sub, session.generation)  # never left us: the next session sends it
-            await trio.sleep_forever()  # the watcher ends the session
-        turn_id = raw.get("turnId") if isinstance(raw, dict) else None
-        await self._delivered(session, sub, turn_id if isinstance(turn_id, str) else expected)
-        return True
-
-    async def _start_turn(self, session: _Session, sub: Submission) -> None:
-        params = p.TurnStartParams(session.thread_id, self._input(sub), sub.source_id or None)
-        try:
-            raw = await session.connection.request("turn/start", p.unstructure(params))
-            turn_id = p.structure(raw, p.TurnStartResult).turn.id
-        except RpcError as exc:
-            log.error("[%s] turn/start failed for input %r: %s", self.runtime_id, sub.source_id or sub.seq, exc)
-            settled = self._ledger.delivery_failed(sub, f"turn/start rejected: {exc}", session.generation)
-            self._resolve([settled] if settled else [])
-            await self._state_delivered(sub)
-            return
-        except RequestTimeout as exc:
-            raise _SessionLost(exc) from None
-        except ConnectionLost as exc:
-            if exc.request_sent is False:
-                self._ledger.undeliver(sub, session.generation)  # never left us: the next session sends it
-            await trio.sleep_forever()
-        except Exception as exc:  # a malformed answer: the turn may exist, but we cannot track it
-            raise _SessionLost(exc) from None
-        if not session.turn_ended(turn_id) and session.active_turn != turn_id:
-            session.active_turn = turn_id
-            session.turn_idle = trio.Event()
-        await self._delivered(session, sub, turn_id)
-        if not session.turn_ended(turn_id):
-            self._arm_deadline(session, turn_id)
-
-    async def _delivered(self, session: _Session, sub: Submission, turn_id: str) -> None:
-        settled = self._ledger.delivered(sub, turn_id, session.generation)
-        await self._state_delivered(sub)
-        if settled is not None:
-            self._resolve([settled])
-
-    async def _state_delivered(self, sub: Submission) -> None:
-        await self._state_write("persist delivery", self._state.delivered, self.runtime_id, sub.seq)
-
-    async def _state_write(self, what: str, write: Callable[..., Awaitable[None]], *args: Any) -> None:
-        """A bookkeeping write that must finish even under cancellation and must not take the session down."""
-        with trio.CancelScope(shield=True):
-            try:
-                await write(*args)
-            except Exception as exc:
-                log.warning("[%s] failed to %s %r: %r", self.runtime_id, what, args[1:], exc)
-
-    def _arm_deadline(self, session: _Session, turn_id: str) -> None:
-        timeout = self.config.turn_timeout
-        if timeout == math.inf:
-            return
-
-        async def deadline() -> None:
-            await trio.sleep(timeout)
-            if session is not self._session or turn_id not in self._turns_open(session):
-                return
-            message = f"turn {turn_id} exceeded its {timeout:g}s deadline and was interrupted"
-            outcome = TurnOutcome("failed", turn_id, error=message)
-            # Its inputs settle now, but the turn stays active (new input kept away from it) until codex has
-            # interrupted it: a turn/start before that would be refused, a turn/steer would join a dying turn.
-            self._resolve(self._ledger.turn_ended(outcome, session.generation))
-            session.interrupting[turn_id] = outcome
-            try:
-                await session.connection.request(
-                    "turn/interrupt", p.unstructure(p.TurnInterruptParams(session.thread_id, turn_id))
-                )
-            except (RpcError, ConnectionLost, RequestTimeout):
-                pass
-            self._finish_turn(session, outcome)  # a no-op when its turn/completed came first
-
-        session.nursery.start_soon(deadline)
-
-    def _turns_open(self, session: _Session) -> set[str]:
-        return {s.turn_id for s in self._ledger.in_flight() if s.turn_id} | (
-            {session.active_turn} if session.active_turn else set()
-        )
-
-    # -- notifications -------------------------------------------------------------------------------------
-
-    async def _route(self, session: _Session, notifications: Any) -> None:
-        gen = session.generation
-        hub = self._hub
-        async for note in notifications:
-            method = note.method
-            if method == "item/agentMessage/delta":
-                if not hub.subscriber_count:
-                    continue  # the hottest notification: build nothing nobody reads
-                params = note.params
-                try:
-                    delta = AgentMessageDelta(params["turnId"], params["itemId"], params["delta"], gen)
-                except KeyError:
-                    delta = AgentMessageDelta(
-                        str(params.get("turnId")), str(params.get("itemId")), str(params.get("delta", "")), gen
-                    )
-                hub.publish(delta)
-            elif method == "item/completed" or method == "item/started":
-                self._on_item(session, note)
-            elif method == "turn/started":
-                turn = _structure_or_none(note, p.TurnNotification)
-                if turn is not None:
-                    if session.active_turn is None and not session.turn_ended(turn.turn.id):
-                        session.active_turn = turn.turn.id
-                        session.turn_idle = trio.Event()
-                    self._hub.publish(TurnStarted(turn.turn.id, gen))
-            elif method == "turn/completed":
-                turn = _structure_or_none(note, p.TurnNotification)
-                if turn is not None:
-                    self._finish_turn(session, self._outcome(session, turn.turn))
-            elif method == "error":
-                err = _structure_or_none(note, p.ErrorNotification)
-                if err is not None and err.will_retry is False:
-                    turn_id = err.turn_id or session.active_turn
-                    if turn_id is not None:
-                        outcome = TurnOutcome("failed", turn_id, error=err.error.message)
-                        self._resolve(self._ledger.turn_ended(outcome, gen))
-
-    def _on_item(self, session: _Session, note: Notification) -> None:
-        parsed = _structure_or_none(note, p.ItemNotification)
-        if parsed is None:
-            return
-        if note.method == "item/completed":
-            session.items.setdefault(parsed.turn_id, []).append(parsed.item)
-            self._hub.publish(
-                ItemCompleted(parsed.turn_id, parsed.item.type, parsed.item.id, parsed.item.raw, session.generation)
-            )
-        else:
-            self._hub.publish(
-                ItemStarted(parsed.turn_id, parsed.item.type, parsed.item.id, parsed.item.raw, session.generation)
-            )
-
-    def _outcome(self, session: _Session, turn: p.Turn) -> TurnOutcome:
-        items = tuple(session.items.pop(turn.id, []) or turn.items)
-        text = None
-        for item in reversed(items):
-            if item.type == "agentMessage" and item.text:
-                text = item.text
-                break
-        if turn.status == "completed":
-            return TurnOutcome("completed", turn.id, text, tuple(i.raw for i in items))
-        if turn.status == "interrupted":
-            return TurnOutcome("interrupted", turn.id, text, tuple(i.raw for i in items), "turn was interrupted")
-        message = turn.error.message if turn.error is not None else f"turn ended with status {turn.status}"
-        return TurnOutcome("failed", turn.id, text, tuple(i.raw for i in items), message or "codex turn failed")
-
-    def _finish_turn(self, session: _Session, outcome: TurnOutcome) -> None:
-        if outcome.turn_id is not None:
-            if session.turn_ended(outcome.turn_id):
-                return  # e.g. the turn/completed of a turn whose deadline already failed it
-            session.mark_ended(outcome.turn_id)
-            outcome = session.interrupting.pop(outcome.turn_id, None) or outcome
-        if outcome.turn_id is not None and session.active_turn == outcome.turn_id:
-            session.active_turn = None
-            session.turn_idle.set()
-        self._hub.publish(
-            TurnCompleted(outcome.turn_id or "", outcome.outcome, outcome.text, outcome.error, session.generation)
-        )
-        self._resolve(self._ledger.turn_ended(outcome, session.generation))
-
     # -- settlements ---------------------------------------------------------------------------------------
 
     def _resolve(self, settlements: list[Settlement]) -> None:
@@ -903,6 +678,7 @@ class Runtime:
                 "[%s] reaped an app-server left running by a previous host (%s)", self.runtime_id, snapshot.record.child
             )
         self._ledger = Ledger(dedup_window=self.config.dedup_window, next_seq=snapshot.next_seq)
+        self._turns = self._turn_worker()
         in_doubt = [s for s in snapshot.pending if s.delivering]
         self._ledger.restore(
             snapshot.dedup_ids,
@@ -944,14 +720,6 @@ def _environ() -> dict[str, str]:
     return dict(os.environ)
 
 
-def _structure_or_none(note: Notification, cls: type[Any]) -> Any:
-    try:
-        return p.structure(note.params, cls)
-    except Exception as exc:
-        log.debug("ignoring malformed %s notification: %r", note.method, exc)
-        return None
-
-
 def _describe(cause: BaseException) -> str:
     text = str(cause).strip() or type(cause).__name__
     return text.splitlines()[0] if len(text) > 500 else text
@@ -965,9 +733,7 @@ def _session_cause(group: BaseExceptionGroup[Any]) -> BaseException:
         if isinstance(leaf, (KeyboardInterrupt, SystemExit)):
             raise leaf
     causes = [
-        leaf.cause if isinstance(leaf, _SessionLost) else leaf
-        for leaf in leaves
-        if not isinstance(leaf, trio.Cancelled)
+        leaf.cause if isinstance(leaf, SessionLost) else leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)
     ]
     if not causes:
         raise group

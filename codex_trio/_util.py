@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import trio
 
 from ._errors import CodexTrioError
 
-__all__ = ["collapse_exception_groups", "leaf_exceptions", "masked_env"]
+__all__ = ["best_effort_write", "collapse_exception_groups", "leaf_exceptions", "masked_env"]
+
+_state_log = logging.getLogger("codex_trio.runtime")
+
+
+async def best_effort_write(runtime_id: str, what: str, write: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """A bookkeeping write that must finish even under cancellation and must not take the session down."""
+    with trio.CancelScope(shield=True):
+        try:
+            await write(*args)
+        except Exception as exc:
+            _state_log.warning("[%s] failed to %s %r: %r", runtime_id, what, args[1:], exc)
 
 
 def masked_env(env: Mapping[str, str]) -> str:
