@@ -1,4 +1,4 @@
-"""open_runtime / Runtime: the supervisor, one session per generation, and the turn worker.
+"""open_runtime / Runtime: admission, the supervisor, and one session nursery per generation.
 
 Task tree (see docs/architecture.md)::
 
@@ -8,8 +8,8 @@ Task tree (see docs/architecture.md)::
             ├── app-server            the launcher's child process (reaped, shielded, on the way out)
             ├── connection reader     JSON-RPC over the WebSocket
             ├── watchers              child exit / connection close -> SessionLost
-            ├── router                notifications -> ledger terminals, events
-            └── turn worker           queue -> turn/start | turn/steer, in acceptance order
+            ├── router                notifications -> ledger terminals, events        (_turns.py)
+            └── turn worker           queue -> turn/start | turn/steer, in acceptance order  (_turns.py)
 
 The ledger (queue, dedup window, settlements) belongs to the runtime, not to N1, so accepted input survives a
 restart; what was in flight when a session died settles ``interrupted``.
