@@ -17,12 +17,16 @@ __all__ = [
     "ConfigError",
     "ConnectionLost",
     "FrameTooLarge",
+    "EventStreamOverflow",
     "HandshakeTimeout",
+    "InvalidInput",
+    "LeaseLost",
     "MethodNotSupported",
     "ProcessError",
     "ProtocolError",
     "RequestTimeout",
     "RpcError",
+    "RuntimeBusy",
     "RuntimeGaveUp",
     "RuntimeStopped",
     "ServerDraining",
@@ -190,3 +194,60 @@ class RuntimeGaveUp(CodexTrioError):
 
 class StateStoreError(CodexTrioError):
     """The state store failed to read or write."""
+
+
+class LeaseLost(StateStoreError):
+    """This runtime's lease on its state store is gone (another owner took it over): it must not write again.
+
+    Raised by a write carrying a fencing token older than the store's current one, so that a former owner that
+    wakes up late (a frozen process, a lock file removed by hand, a network partition) cannot corrupt the state
+    its successor is writing.
+    """
+
+
+class RuntimeBusy(CodexTrioError):
+    """Another live owner holds the runtime (same ``runtime_id`` on the same state store).
+
+    ``pid``, ``host`` and ``since`` (epoch seconds) name that owner, as it recorded itself when it took the lease.
+    """
+
+    def __init__(self, runtime_id: str, *, pid: int | None, host: str | None, since: float | None) -> None:
+        import time
+
+        when = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(since)) if since is not None else "an unknown time"
+        who = f"pid {pid} on {host or 'an unknown host'}" if pid is not None else "another owner"
+        super().__init__(
+            f"runtime {runtime_id!r} is already running ({who}, since {when}); stop that owner first, or pass "
+            f"wait_for_owner=SECONDS to open_runtime to wait for it to finish"
+        )
+        self.runtime_id = runtime_id
+        self.pid = pid
+        self.host = host
+        self.since = since
+
+
+class InvalidInput(CodexTrioError, ValueError):
+    """An input that cannot be delivered as given (unencodable text or id, over codex's size limit, ...).
+
+    Raised by ``submit`` before anything is accepted: nothing was recorded and the source id stays unused, so the
+    caller can fix the input and submit it again with the same id. ``field`` names what was wrong.
+    """
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class EventStreamOverflow(CodexTrioError):
+    """An event stream's reader fell so far behind that events which may not be dropped no longer fit its buffer.
+
+    The stream is closed (the runtime goes on without it); open a new one with ``runtime.events()`` and read
+    ``runtime.status`` / the settlements you wait on to catch up, or raise ``RuntimeConfig.event_buffer``.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(
+            f"event stream overflowed: more than {capacity} undroppable events (status changes, turn and settlement "
+            f"events) waited unread; the stream is closed. Read events faster, or raise RuntimeConfig.event_buffer"
+        )
+        self.capacity = capacity
