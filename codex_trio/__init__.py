@@ -2,159 +2,74 @@
 
 from __future__ import annotations
 
+from ._admission import Admission as Admission, AdmissionStatus as AdmissionStatus, CompletionResult as CompletionResult
 from ._approvals import (
     ApprovalDecisionRecord as ApprovalDecisionRecord,
-)
-from ._approvals import (
     ApprovalPolicy as ApprovalPolicy,
-)
-from ._approvals import (
     ApprovalRequest as ApprovalRequest,
-)
-from ._approvals import (
     fail_closed_answer as fail_closed_answer,
 )
 from ._completions import Completion as Completion
-from ._config import McpServer as McpServer
-from ._config import RuntimeConfig as RuntimeConfig
-from ._config import SkillSource as SkillSource
-from ._doctor import DoctorReport as DoctorReport
-from ._doctor import Finding as Finding
-from ._doctor import doctor as doctor
+from ._config import McpServer as McpServer, RuntimeConfig as RuntimeConfig, SkillSource as SkillSource
+from ._doctor import DoctorReport as DoctorReport, Finding as Finding, doctor as doctor
 from ._errors import (
     AppServerExited as AppServerExited,
-)
-from ._errors import (
     AppServerNotReady as AppServerNotReady,
-)
-from ._errors import (
     BinaryNotFound as BinaryNotFound,
-)
-from ._errors import (
     CodexTrioError as CodexTrioError,
-)
-from ._errors import (
     ConfigError as ConfigError,
-)
-from ._errors import (
     ConnectionLost as ConnectionLost,
-)
-from ._errors import (
+    EventStreamOverflow as EventStreamOverflow,
     FrameTooLarge as FrameTooLarge,
-)
-from ._errors import (
     HandshakeTimeout as HandshakeTimeout,
-)
-from ._errors import (
+    InvalidInput as InvalidInput,
+    LeaseLost as LeaseLost,
     MethodNotSupported as MethodNotSupported,
-)
-from ._errors import (
     ProcessError as ProcessError,
-)
-from ._errors import (
     ProtocolError as ProtocolError,
-)
-from ._errors import (
     RequestTimeout as RequestTimeout,
-)
-from ._errors import (
     RpcError as RpcError,
-)
-from ._errors import (
+    RuntimeBusy as RuntimeBusy,
     RuntimeGaveUp as RuntimeGaveUp,
-)
-from ._errors import (
-    RuntimeStopped as RuntimeStopped,
-)
-from ._errors import (
     ServerDraining as ServerDraining,
-)
-from ._errors import (
     SocketPathError as SocketPathError,
-)
-from ._errors import (
     StateStoreError as StateStoreError,
-)
-from ._errors import (
     TransportError as TransportError,
-)
-from ._errors import (
-    TurnFailed as TurnFailed,
 )
 from ._events import (
     AgentMessageDelta as AgentMessageDelta,
-)
-from ._events import (
+    CodexError as CodexError,
+    CodexRetrying as CodexRetrying,
+    CodexWarning as CodexWarning,
     Event as Event,
-)
-from ._events import (
     EventStream as EventStream,
-)
-from ._events import (
     ItemCompleted as ItemCompleted,
-)
-from ._events import (
     ItemStarted as ItemStarted,
-)
-from ._events import (
     Lagged as Lagged,
-)
-from ._events import (
     Restarting as Restarting,
-)
-from ._events import (
     ServerRequestAnswered as ServerRequestAnswered,
-)
-from ._events import (
     StatusChanged as StatusChanged,
-)
-from ._events import (
     SubmissionSettled as SubmissionSettled,
-)
-from ._events import (
     ThreadLost as ThreadLost,
-)
-from ._events import (
     ThreadReady as ThreadReady,
-)
-from ._events import (
     TurnCompleted as TurnCompleted,
-)
-from ._events import (
     TurnStarted as TurnStarted,
 )
-from ._launcher import Launched as Launched
-from ._launcher import Launcher as Launcher
-from ._launcher import ProcessLauncher as ProcessLauncher
-from ._ledger import Settlement as Settlement
+from ._jsonrpc import ServerRequest as ServerRequest
+from ._launcher import Launched as Launched, Launcher as Launcher, ProcessLauncher as ProcessLauncher
 from ._policy import RestartPolicy as RestartPolicy
-from ._render import ChannelInput as ChannelInput
-from ._render import render_channel_input as render_channel_input
-from ._runtime import (
-    Admission as Admission,
-)
+from ._render import ChannelInput as ChannelInput, render_channel_input as render_channel_input
 from ._runtime import (
     Checkpoint as Checkpoint,
-)
-from ._runtime import (
-    CompletionResult as CompletionResult,
-)
-from ._runtime import (
     Runtime as Runtime,
-)
-from ._runtime import (
+    RuntimeStatistics as RuntimeStatistics,
     open_runtime as open_runtime,
 )
+from ._settlement import Settlement as Settlement
 from ._state import (
     MemoryStateStore as MemoryStateStore,
-)
-from ._state import (
     SqliteStateStore as SqliteStateStore,
-)
-from ._state import (
     StateStore as StateStore,
-)
-from ._state import (
     open_state_store as open_state_store,
 )
 
@@ -162,6 +77,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Admission",
+    "AdmissionStatus",
     "AgentMessageDelta",
     "AppServerExited",
     "AppServerNotReady",
@@ -171,7 +87,10 @@ __all__ = [
     "BinaryNotFound",
     "ChannelInput",
     "Checkpoint",
+    "CodexError",
+    "CodexRetrying",
     "CodexTrioError",
+    "CodexWarning",
     "Completion",
     "CompletionResult",
     "ConfigError",
@@ -179,14 +98,17 @@ __all__ = [
     "DoctorReport",
     "Event",
     "EventStream",
+    "EventStreamOverflow",
     "Finding",
     "FrameTooLarge",
     "HandshakeTimeout",
+    "InvalidInput",
     "ItemCompleted",
     "ItemStarted",
     "Lagged",
     "Launched",
     "Launcher",
+    "LeaseLost",
     "McpServer",
     "MemoryStateStore",
     "MethodNotSupported",
@@ -198,10 +120,12 @@ __all__ = [
     "Restarting",
     "RpcError",
     "Runtime",
+    "RuntimeBusy",
     "RuntimeConfig",
     "RuntimeGaveUp",
-    "RuntimeStopped",
+    "RuntimeStatistics",
     "ServerDraining",
+    "ServerRequest",
     "ServerRequestAnswered",
     "Settlement",
     "SkillSource",
@@ -215,7 +139,6 @@ __all__ = [
     "ThreadReady",
     "TransportError",
     "TurnCompleted",
-    "TurnFailed",
     "TurnStarted",
     "doctor",
     "fail_closed_answer",

@@ -52,7 +52,7 @@ class _Waiter:
 
 @attrs.define(eq=False)
 class _Route:
-    send: trio.MemorySendChannel[Notification]
+    send: trio.MemorySendChannel[Any]
     methods: frozenset[str] | None
     lossless: bool
     dropped: int = 0
@@ -342,6 +342,17 @@ class Connection:
             self._routes.append(route)
             self._route_snapshot = tuple(self._routes)
         return Subscription(route, receive)
+
+    def route_into(self, send: trio.MemorySendChannel[Any], methods: Iterable[str] | None = None) -> None:
+        """Deliver notifications (all, or only ``methods``) into ``send``, a channel the caller owns, losslessly:
+        a full channel applies back-pressure to the reader. ``send`` is closed when the connection closes (pass a
+        clone to keep the original open). How a session feeds the runtime's one inbox without a pump task."""
+        route = _Route(send, frozenset(methods) if methods is not None else None, True)
+        if self.closed:
+            send.close()
+            return
+        self._routes.append(route)
+        self._route_snapshot = tuple(self._routes)
 
     def _remove_route(self, route: _Route) -> None:
         try:

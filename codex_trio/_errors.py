@@ -28,12 +28,10 @@ __all__ = [
     "RpcError",
     "RuntimeBusy",
     "RuntimeGaveUp",
-    "RuntimeStopped",
     "ServerDraining",
     "SocketPathError",
     "StateStoreError",
     "TransportError",
-    "TurnFailed",
 ]
 
 
@@ -170,14 +168,6 @@ class SocketPathError(ProcessError, ConfigError):
 
 
 # --- runtime ----------------------------------------------------------------------------------------------
-
-
-class TurnFailed(CodexTrioError):
-    """A turn ended in failure (codex reported an error, a deadline passed, or ``turn/start`` was rejected)."""
-
-
-class RuntimeStopped(CodexTrioError):
-    """The runtime is stopping or stopped; no new work is accepted."""
 
 
 class RuntimeGaveUp(CodexTrioError):

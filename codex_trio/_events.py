@@ -1,9 +1,13 @@
 """Typed runtime events and the bounded hub that fans them out to subscribers.
 
-Each subscriber has its own bounded buffer. When a slow subscriber's buffer is full, *droppable* events (deltas
-and item progress) are dropped and counted, and the subscriber sees one :class:`Lagged` marker with the count
-before its next event; status changes, turn terminals and settlements are never dropped (they are bounded by
-the work the runtime accepted, so they cannot grow without bound on their own).
+Each subscriber has its own bounded buffer of ``capacity`` events, and nothing grows past it:
+
+* *Droppable* events (deltas and item progress) that find the buffer full are dropped and counted; the
+  subscriber sees one :class:`Lagged` marker with the count before its next event.
+* Every other event (status changes, turn terminals, settlements, codex's errors and warnings) is never dropped
+  silently. A subscriber that falls so far behind that they no longer fit (``capacity`` more beyond a full buffer)
+  is cut off: its buffer is freed, it leaves the hub, and its next read raises :class:`EventStreamOverflow`. The
+  runtime and the other subscribers go on; a stream that is created and never read costs at most its buffer.
 """
 
 from __future__ import annotations
@@ -15,10 +19,14 @@ from typing import Any, TypeAlias
 import attrs
 import trio
 
-from ._ledger import Settlement
+from ._errors import EventStreamOverflow
+from ._settlement import Settlement
 
 __all__ = [
     "AgentMessageDelta",
+    "CodexError",
+    "CodexRetrying",
+    "CodexWarning",
     "Event",
     "EventHub",
     "EventStream",
@@ -124,6 +132,36 @@ class ServerRequestAnswered:
 
 
 @attrs.frozen
+class CodexRetrying:
+    """codex hit an error it retries by itself (an ``error`` notification with ``willRetry: true``), e.g.
+    "Reconnecting... 2/5" without network or login. ``attempt``/``max_attempts`` are read from the message when it
+    says them. If codex gives up, a :class:`CodexError` follows and the turn's inputs settle ``failed``."""
+
+    turn_id: str | None
+    message: str
+    attempt: int | None
+    max_attempts: int | None
+    generation: int
+
+
+@attrs.frozen
+class CodexError:
+    """codex gave up (an ``error`` notification with ``willRetry: false``); the turn it names ends ``failed``."""
+
+    turn_id: str | None
+    message: str
+    generation: int
+
+
+@attrs.frozen
+class CodexWarning:
+    """A ``warning`` notification from codex (e.g. an unknown model's metadata)."""
+
+    message: str
+    generation: int
+
+
+@attrs.frozen
 class Lagged:
     """This subscriber was too slow: ``dropped`` droppable events (deltas, item progress) were skipped."""
 
@@ -142,6 +180,9 @@ Event: TypeAlias = (
     | AgentMessageDelta
     | SubmissionSettled
     | ServerRequestAnswered
+    | CodexRetrying
+    | CodexError
+    | CodexWarning
     | Lagged
 )
 
@@ -154,36 +195,62 @@ class EventStream:
     def __init__(self, hub: EventHub, capacity: int) -> None:
         self._hub = hub
         self._capacity = capacity
+        # Undroppable events may use a second ``capacity`` beyond a buffer that deltas filled.
+        self._hard_limit = 2 * capacity
         self._buffer: deque[Event] = deque()
-        self._wakeup = trio.Event()
+        self._wakeup: trio.Event | None = None
         self._lagged = 0
         self.dropped_total = 0
         self._closed = False
+        self._overflowed = False
 
     def _push(self, event: Event) -> None:
-        if len(self._buffer) >= self._capacity and isinstance(event, _DROPPABLE):
-            self._lagged += 1
-            self.dropped_total += 1
-            return
-        self._buffer.append(event)
-        self._wakeup.set()
+        buffer = self._buffer
+        if len(buffer) >= self._capacity:
+            if isinstance(event, _DROPPABLE):
+                self._lagged += 1
+                self.dropped_total += 1
+                return
+            if len(buffer) >= self._hard_limit:
+                self._overflow()
+                return
+        buffer.append(event)
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
+
+    def _overflow(self) -> None:
+        self._overflowed = True
+        self._buffer.clear()
+        self._hub._remove(self)
+        self._end()
 
     def _end(self) -> None:
         self._closed = True
-        self._wakeup.set()
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
 
     async def receive(self) -> Event:
-        """The next event; raises ``trio.EndOfChannel`` once the runtime has stopped and the buffer is empty."""
+        """The next event. Raises ``trio.EndOfChannel`` once the runtime has stopped and the buffer is empty, and
+        :class:`EventStreamOverflow` if this reader fell too far behind (see the module docstring)."""
         while True:
+            if self._overflowed:
+                raise EventStreamOverflow(self._hard_limit)
             if self._lagged:
                 dropped, self._lagged = self._lagged, 0
+                await trio.lowlevel.checkpoint()
                 return Lagged(dropped)
             if self._buffer:
+                await trio.lowlevel.checkpoint()
                 return self._buffer.popleft()
             if self._closed:
+                await trio.lowlevel.checkpoint()
                 raise trio.EndOfChannel
-            self._wakeup = trio.Event()
-            await self._wakeup.wait()
+            wakeup = self._wakeup = trio.Event()
+            await wakeup.wait()
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self
@@ -191,6 +258,7 @@ class EventStream:
     async def __anext__(self) -> Event:
         buffer = self._buffer
         if buffer and not self._lagged:  # the hot path of every consumer: one frame, no loop
+            await trio.lowlevel.checkpoint_if_cancelled()
             return buffer.popleft()
         try:
             return await self.receive()
@@ -209,10 +277,14 @@ class EventStream:
         self._buffer.clear()
         self._end()
 
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
 
 class EventHub:
     def __init__(self, capacity: int = 1024) -> None:
-        self._capacity = capacity
+        self._capacity = max(1, capacity)
         self._subscribers: list[EventStream] = []
         self._closed = False
 
@@ -225,7 +297,8 @@ class EventHub:
         return stream
 
     def publish(self, event: Event) -> None:
-        for sub in self._subscribers:
+        # A snapshot: a subscriber may overflow (and leave) while we iterate.
+        for sub in tuple(self._subscribers):
             sub._push(event)
 
     def _remove(self, stream: EventStream) -> None:

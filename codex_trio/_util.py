@@ -11,7 +11,7 @@ import trio
 
 from ._errors import CodexTrioError
 
-__all__ = ["best_effort_write", "collapse_exception_groups", "leaf_exceptions", "masked_env"]
+__all__ = ["NoPublicConstructor", "best_effort_write", "collapse_exception_groups", "leaf_exceptions", "masked_env"]
 
 _state_log = logging.getLogger("codex_trio.runtime")
 
@@ -23,6 +23,17 @@ async def best_effort_write(runtime_id: str, what: str, write: Callable[..., Awa
             await write(*args)
         except Exception as exc:
             _state_log.warning("[%s] failed to %s %r: %r", runtime_id, what, args[1:], exc)
+
+
+class NoPublicConstructor(type):
+    """Metaclass for objects only the library creates (trio's own pattern): ``Cls(...)`` raises ``TypeError``;
+    the library calls ``Cls._create(...)``."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"{cls.__module__}.{cls.__qualname__} has no public constructor; use open_runtime()")
+
+    def _create(cls, *args: Any, **kwargs: Any) -> Any:
+        return super().__call__(*args, **kwargs)
 
 
 def masked_env(env: Mapping[str, str]) -> str:

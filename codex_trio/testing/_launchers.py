@@ -1,8 +1,9 @@
 """Launchers for tests: run a runtime against an in-process FakeAppServer over memory streams.
 
 :class:`FakeLauncher` lets a test kill "the child" (:meth:`FakeLauncher.kill`), drop the connection
-(:meth:`FakeLauncher.drop_connection`) or make the next launches fail, all in virtual time with
-``autojump_clock`` — the fastest way to drive the supervisor and the turn worker through their failure paths.
+(:meth:`FakeLauncher.drop_connection`), make the next launches or connects fail, or make a connect stall, all in
+virtual time with ``autojump_clock`` — the fastest way to drive the supervisor and the engine through their
+failure paths.
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ __all__ = ["FakeLauncher"]
 
 
 class FakeLauncher:
-    """A :class:`~codex_trio._launcher.Launcher` whose app-server is a :class:`FakeAppServer` in this process."""
+    """A :class:`~codex_trio.Launcher` whose app-server is a :class:`FakeAppServer` in this process."""
 
     def __init__(self, fake: FakeAppServer | None = None) -> None:
         self.fake = fake or FakeAppServer()
         self.launches = 0
         self.live = 0
+        #: exceptions the next launches raise, one each (as a failed spawn would)
         self.fail_next: list[BaseException] = []
+        #: exceptions the next connects raise, one each (as a child that never became ready would)
+        self.fail_connect_next: list[BaseException] = []
+        #: when set, connect() waits for it first (a child that stalls during its start)
+        self.stall_connect: trio.Event | None = None
         self._gone: trio.Event | None = None
         self._server_stream: MessageStream | None = None
 
@@ -39,27 +45,39 @@ class FakeLauncher:
             await self.fake.serve_stream(stream)
 
     @asynccontextmanager
-    async def launch(self, nursery: trio.Nursery, generation: int) -> AsyncIterator[Launched]:
+    async def launch(self, generation: int) -> AsyncIterator[Launched]:
+        await trio.lowlevel.checkpoint()
         if self.fail_next:
             raise self.fail_next.pop(0)
         self.launches += 1
-        client, server = memory_message_stream_pair()
-        gone = self._gone = trio.Event()
-        self._server_stream = server
-        scope = await nursery.start(self._serve, server)
         number = self.launches
-
-        async def wait_gone() -> BaseException:
-            await gone.wait()
-            return AppServerExited(f"fake app-server #{number} was killed by SIGKILL", returncode=-9)
-
+        gone = self._gone = trio.Event()
+        client, server = memory_message_stream_pair()
         self.live += 1
         try:
-            yield Launched(client, wait_gone, description=f"fake app-server #{number}")
+            async with trio.open_nursery() as nursery:
+
+                async def connect() -> MessageStream:
+                    if self.stall_connect is not None:
+                        await self.stall_connect.wait()
+                    if self.fail_connect_next:
+                        raise self.fail_connect_next.pop(0)
+                    self._server_stream = server
+                    await nursery.start(self._serve, server)
+                    return client
+
+                async def wait_gone() -> BaseException:
+                    await gone.wait()
+                    return AppServerExited(f"fake app-server #{number} was killed by SIGKILL", returncode=-9)
+
+                try:
+                    yield Launched(connect, wait_gone, description=f"fake app-server #{number}")
+                finally:
+                    nursery.cancel_scope.cancel()
+                    await client.aclose()
+                    await server.aclose()
         finally:
             self.live -= 1
-            scope.cancel()
-            await client.aclose()
 
     def kill(self) -> None:
         """Simulate SIGKILL of the child: it is gone, and so is every turn it was running."""

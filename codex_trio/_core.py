@@ -1,0 +1,904 @@
+"""The runtime core: admission, the queue and every turn, as one sans-IO state machine.
+
+Theory of operation
+-------------------
+Everything the runtime knows about its inputs and codex's turns lives here, and only here: the dedup window and
+the sequence numbers, the admission batches being made durable, the queue, the app-server session (its thread, its
+open turns and their inputs, items and deadlines, the turns that already ended, the one delivery request in
+flight), the one-shot restart notice, and the gate that keeps delivery shut until a dead host's in-doubt input is
+reconciled. No Trio, no I/O, no clock: time is passed in.
+
+The driver (``_engine.py``) feeds it *events* — an admission request, a batch made durable (or not), a session
+up or lost, an RPC answer, a notification, a tick, an interrupt request, stop — and performs the *actions* it
+returns from :meth:`RuntimeCore.take_actions`: write a batch, answer a caller, send ``turn/start`` or
+``turn/steer``, send ``turn/interrupt``, settle an input, publish an event, end a session that codex stopped
+honouring. One task owns the core, so no two writers ever race.
+
+An input's life::
+
+    request ─► (batch written) ─► queued ─► sending ─► in a turn ─► settled
+       │               │             │          │            │
+       │               └► failed     └──────────┴────────────┴──► settled (stopped / interrupted / failed)
+       └► duplicate | skipped | stopped
+
+Rules the Hypothesis machine in ``tests/unit/test_core.py`` holds it to:
+
+* **Admission is atomic.** A request is checked (dedup, stop, notice rule), numbered and batched in one step; the
+  batch's ids enter the dedup window only once the batch is durable. Only one batch is written at a time, and
+  every request that arrives meanwhile joins the next one (group commit). A request withdrawn before it is taken
+  leaves no trace; a failed write leaves no trace either.
+* **FIFO.** Inputs reach codex in sequence order. One delivery request is in flight at a time: a ``turn/steer``
+  needs the turn id the previous ``turn/start`` answered with.
+* **Exactly once.** An accepted input settles once; a second settlement is a bug (``AssertionError``).
+* **Every open turn has a deadline**, whoever started it. Past it, its inputs settle ``failed`` and the turn is
+  interrupted; a turn that codex does not end within ``interrupt_timeout`` of the interrupt ends the session.
+* **Only our thread counts.** A notification that names another ``threadId`` is ignored.
+* **A turn ends once**: by ``turn/completed``, by a fatal ``error`` (``willRetry: false``), or by codex saying
+  there is no such turn to interrupt. codex may report a turn's end before it answers the request that started
+  it, or before it answers a ``turn/steer`` into it: ended turns are remembered (bounded) for that.
+* **One restart notice per session**, skipped once anything else has woken the thread.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict, deque
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any, Final, Literal, TypeAlias
+
+import attrs
+
+from . import _protocol as p
+from ._events import (
+    AgentMessageDelta,
+    CodexError,
+    CodexRetrying,
+    CodexWarning,
+    Event,
+    ItemCompleted,
+    ItemStarted,
+    TurnCompleted,
+    TurnStarted,
+)
+from ._settlement import Settlement, TurnOutcome
+
+__all__ = [
+    "Action",
+    "AdmitRequest",
+    "Answer",
+    "CoreStatistics",
+    "DeliveryMode",
+    "FailSession",
+    "Interrupt",
+    "InterruptAnswer",
+    "Publish",
+    "RuntimeCore",
+    "Send",
+    "Settle",
+    "Submission",
+    "SubmissionKind",
+    "Write",
+]
+
+SubmissionKind = Literal["channel", "system", "trigger", "notice"]
+DeliveryMode = Literal["steer", "queue"]
+AnswerStatus = Literal["submitted", "queued", "duplicate", "failed", "stopped", "skipped"]
+_State = Literal["requested", "writing", "queued", "sending", "sent", "in_doubt", "settled"]
+
+#: Ended turns remembered for answers and notifications that arrive after a turn's terminal.
+_REMEMBERED_ENDED: Final = 256
+#: Turns whose items arrived before we knew the turn (its ``turn/start`` answer still on the way).
+_REMEMBERED_EARLY: Final = 8
+#: Items kept per turn. A turn with more keeps its newest (the final agent message is what a settlement needs).
+_MAX_ITEMS_PER_TURN: Final = 1024
+_ATTEMPT = re.compile(r"(\d+)\s*/\s*(\d+)")
+
+
+@attrs.define(eq=False)
+class Submission:
+    """An accepted input (or one being made durable). ``kind`` "notice" is a restart notice: never stored."""
+
+    seq: int
+    source_id: str
+    kind: SubmissionKind
+    text: str
+    state: _State = "writing"
+    generation: int | None = None
+    turn_id: str | None = None
+
+    @property
+    def durable(self) -> bool:
+        return self.kind != "notice"
+
+    @property
+    def client_id(self) -> str:
+        """The ``clientUserMessageId`` codex records with the user message: how a later host tells whether codex
+        has this input. The source id when there is one, else one derived from the sequence number."""
+        return self.source_id or f"codex-trio-seq:{self.seq}"
+
+
+@attrs.define(eq=False)
+class AdmitRequest:
+    """One caller's request to accept an input. The caller may set ``withdrawn`` (it was cancelled) until the
+    core sets ``taken``; from then on the request will be answered, whatever happens to the caller."""
+
+    source_id: str
+    kind: SubmissionKind
+    text: str
+    taken: bool = False
+    withdrawn: bool = False
+    #: for the driver: how to reach the caller once answered
+    reply: Any = None
+
+
+# -- actions -----------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Write:
+    """Make these submissions durable, in one transaction; then call :meth:`RuntimeCore.written` or
+    :meth:`RuntimeCore.write_failed` with ``batch``."""
+
+    batch: int
+    submissions: tuple[Submission, ...]
+
+
+@attrs.frozen
+class Answer:
+    """Tell the caller of ``request`` what became of it. ``submission`` is set for accepted inputs."""
+
+    request: AdmitRequest
+    status: AnswerStatus
+    submission: Submission | None = None
+    #: why a ``failed`` request was not accepted (the store's exception, as raised)
+    error: BaseException | None = None
+
+
+@attrs.frozen
+class Send:
+    """Mark ``submission`` in doubt in the store, then send it (``turn/start``, or ``turn/steer`` into
+    ``expected_turn_id``); report with :meth:`RuntimeCore.delivery_answered`."""
+
+    token: int
+    generation: int
+    method: Literal["turn/start", "turn/steer"]
+    submission: Submission
+    thread_id: str
+    expected_turn_id: str | None = None
+
+
+@attrs.frozen
+class Interrupt:
+    """Send ``turn/interrupt`` for ``turn_id``; report with :meth:`RuntimeCore.interrupt_answered`."""
+
+    token: int
+    generation: int
+    thread_id: str
+    turn_id: str
+
+
+@attrs.frozen
+class InterruptAnswer:
+    """Answer a caller of :meth:`RuntimeCore.interrupt`: True when codex accepted the interrupt."""
+
+    requester: Any
+    interrupted: bool
+
+
+@attrs.frozen
+class Settle:
+    """``settlement`` is final. ``persist``: record it in the store (which also drops the pending row)."""
+
+    settlement: Settlement
+    persist: bool
+
+
+@attrs.frozen
+class Publish:
+    event: Event
+
+
+@attrs.frozen
+class FailSession:
+    """The session of ``generation`` no longer behaves (a turn that outlives its interrupt, an answer we cannot
+    read, an RPC that timed out): end it, as a crash would; the supervisor restarts it."""
+
+    generation: int
+    reason: str
+
+
+Action: TypeAlias = Write | Answer | Send | Interrupt | InterruptAnswer | Settle | Publish | FailSession
+
+
+@attrs.frozen
+class CoreStatistics:
+    queued: int
+    in_flight: int
+    open_turns: tuple[str, ...]
+    waiting_requests: int
+    writing: int
+    dedup_ids: int
+    next_seq: int
+
+
+# -- session state -----------------------------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _Turn:
+    id: str
+    deadline: float
+    inputs: list[Submission] = attrs.field(factory=list)
+    items: list[p.Item] = attrs.field(factory=list)
+    steerable: bool = True
+    interrupting: bool = False
+    #: the outcome its inputs already got (our deadline), reported instead of codex's
+    override: TurnOutcome | None = None
+
+
+@attrs.define(eq=False)
+class _Flight:
+    token: int
+    submission: Submission
+    method: Literal["turn/start", "turn/steer"]
+    target: str | None
+
+
+@attrs.define(eq=False)
+class _Session:
+    generation: int
+    thread_id: str
+    turns: dict[str, _Turn] = attrs.field(factory=dict)
+    ended: OrderedDict[str, TurnOutcome] = attrs.field(factory=OrderedDict)
+    early_items: OrderedDict[str, list[p.Item]] = attrs.field(factory=OrderedDict)
+    sending: _Flight | None = None
+    #: interrupt token -> (turn id, requester or None for a deadline)
+    interrupts: dict[int, tuple[str, Any]] = attrs.field(factory=dict)
+
+
+class RuntimeCore:
+    """See the module docstring. Pure: no I/O, no clock, no Trio."""
+
+    def __init__(
+        self,
+        *,
+        delivery_mode: DeliveryMode = "steer",
+        dedup_window: int = 1024,
+        turn_timeout: float = 600.0,
+        interrupt_timeout: float = 60.0,
+        next_seq: int = 1,
+        seen: Iterable[str] = (),
+        pending: Iterable[tuple[int, str, SubmissionKind, str]] = (),
+        in_doubt: Iterable[tuple[int, str, SubmissionKind, str]] = (),
+    ) -> None:
+        if dedup_window < 0:
+            raise ValueError("dedup_window must be >= 0")
+        self.delivery_mode: DeliveryMode = delivery_mode
+        self.dedup_window = dedup_window
+        self.turn_timeout = turn_timeout
+        self.interrupt_timeout = interrupt_timeout
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        for source_id in seen:
+            self._remember(source_id)
+        self._next_seq = next_seq
+        self._requests: deque[AdmitRequest] = deque()
+        self._writing: dict[int, tuple[list[tuple[AdmitRequest, Submission]], list[Answer]]] = {}
+        self._next_batch = 1
+        self._queue: deque[Submission] = deque()
+        for seq, source_id, kind, text in sorted(pending):
+            self._queue.append(Submission(seq, source_id, kind, text, state="queued"))
+            self._next_seq = max(self._next_seq, seq + 1)
+        self._in_doubt: dict[int, Submission] = {}
+        for seq, source_id, kind, text in sorted(in_doubt):
+            self._in_doubt[seq] = Submission(seq, source_id, kind, text, state="in_doubt")
+            self._next_seq = max(self._next_seq, seq + 1)
+        self._session: _Session | None = None
+        self._generation = 0
+        self._next_token = 1
+        self._actions: list[Action] = []
+        #: something already woke the thread of the current (or, between sessions, the next) session
+        self._woken = False
+        self._thread_lost: Any = None
+        self._admission_closed = False
+        self._stop_reason: str | None = None
+        self.stopped = False
+
+    # == outputs ==================================================================================================
+
+    def take_actions(self) -> list[Action]:
+        """The actions to perform, in order; the core forgets them."""
+        actions, self._actions = self._actions, []
+        return actions
+
+    def next_deadline(self) -> float:
+        """When :meth:`tick` must be called next (``inf``: no deadline pending)."""
+        session = self._session
+        if session is None or not session.turns:
+            return float("inf")
+        return min(turn.deadline for turn in session.turns.values())
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    @property
+    def thread_id(self) -> str | None:
+        return self._session.thread_id if self._session is not None else None
+
+    @property
+    def has_session(self) -> bool:
+        return self._session is not None
+
+    @property
+    def writing(self) -> bool:
+        return bool(self._writing)
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    def in_doubt(self) -> list[Submission]:
+        return [self._in_doubt[seq] for seq in sorted(self._in_doubt)]
+
+    def queued(self) -> list[Submission]:
+        return list(self._queue)
+
+    def open_turns(self) -> list[str]:
+        return list(self._session.turns) if self._session is not None else []
+
+    def seen_ids(self) -> list[str]:
+        return list(self._seen)
+
+    def statistics(self) -> CoreStatistics:
+        session = self._session
+        in_flight = 0
+        if session is not None:
+            in_flight = sum(len(t.inputs) for t in session.turns.values()) + (session.sending is not None)
+        return CoreStatistics(
+            queued=len(self._queue),
+            in_flight=in_flight,
+            open_turns=tuple(self.open_turns()),
+            waiting_requests=len(self._requests),
+            writing=sum(len(members) for members, _ in self._writing.values()),
+            dedup_ids=len(self._seen),
+            next_seq=self._next_seq,
+        )
+
+    # == admission ================================================================================================
+
+    def request(self, request: AdmitRequest) -> None:
+        """A caller asks for ``request`` to be accepted; it is answered with an :class:`Answer` action."""
+        if self.stopped or self._admission_closed:
+            request.taken = True
+            self._actions.append(Answer(request, "stopped"))
+            return
+        self._requests.append(request)
+        self._form_batch()
+
+    def close_admission(self) -> None:
+        """Stop taking requests (the runtime is stopping): new and waiting ones are answered ``stopped``; a batch
+        being written still completes."""
+        self._admission_closed = True
+        while self._requests:
+            request = self._requests.popleft()
+            if not request.withdrawn:
+                request.taken = True
+                self._actions.append(Answer(request, "stopped"))
+
+    def _form_batch(self) -> None:
+        if self._writing:
+            return  # one batch at a time: requests wait for it, then go together (group commit)
+        members: list[tuple[AdmitRequest, Submission]] = []
+        answers: list[Answer] = []
+        batch_ids: set[str] = set()
+        while self._requests:
+            request = self._requests.popleft()
+            if request.withdrawn:
+                continue
+            request.taken = True
+            if request.kind == "notice":
+                if self._woken:
+                    answers.append(Answer(request, "skipped"))
+                    continue
+            elif request.source_id and (request.source_id in self._seen or request.source_id in batch_ids):
+                answers.append(Answer(request, "duplicate"))
+                continue
+            self._woken = True
+            if request.source_id:
+                batch_ids.add(request.source_id)
+            sub = Submission(self._next_seq, request.source_id, request.kind, request.text)
+            self._next_seq += 1
+            members.append((request, sub))
+        if not members:
+            self._actions.extend(answers)
+            return
+        batch = self._next_batch
+        self._next_batch += 1
+        self._writing[batch] = (members, answers)
+        durable = tuple(sub for _, sub in members if sub.durable)
+        if durable:
+            self._actions.append(Write(batch, durable))
+        else:
+            self.written(batch)
+
+    def written(self, batch: int) -> None:
+        """The batch's durable submissions are in the store: they are accepted."""
+        members, answers = self._writing.pop(batch)
+        status: AnswerStatus = "submitted" if self._session is not None else "queued"
+        for request, sub in members:
+            if sub.source_id:
+                self._remember(sub.source_id)
+            sub.state = "queued"
+            self._queue.append(sub)
+            self._actions.append(Answer(request, status, sub))
+        self._actions.extend(answers)
+        self._after_write()
+
+    def write_failed(self, batch: int, error: BaseException) -> None:
+        """The store refused the batch: nothing of it was recorded, so its ids stay unused (no trace)."""
+        members, answers = self._writing.pop(batch)
+        for request, sub in members:
+            if sub.durable:
+                sub.state = "settled"
+                self._actions.append(Answer(request, "failed", error=error))
+            else:
+                sub.state = "queued"
+                self._queue.append(sub)
+                self._actions.append(Answer(request, "submitted" if self._session else "queued", sub))
+        self._actions.extend(answers)
+        self._after_write()
+
+    def _after_write(self) -> None:
+        if self._stop_reason is not None:
+            # Accepted (and durable, so the next start delivers them), but this runtime stops now.
+            self.stop(self._stop_reason)
+            return
+        self._form_batch()
+        self._pump()
+
+    def _remember(self, source_id: str) -> None:
+        if not source_id or self.dedup_window == 0:
+            return
+        self._seen[source_id] = None
+        while len(self._seen) > self.dedup_window:
+            self._seen.popitem(last=False)
+
+    def is_duplicate(self, source_id: str) -> bool:
+        return bool(source_id) and source_id in self._seen
+
+    # == sessions =================================================================================================
+
+    def session_ready(self, generation: int, thread_id: str) -> None:
+        """Session ``generation`` is up on ``thread_id`` (handshake done, thread started or resumed)."""
+        assert generation > self._generation, "generations only grow"
+        self._generation = generation
+        self._session = _Session(generation, thread_id)
+        # Input queued while no session was up wakes the new session's thread, as does a notice claimed for it.
+        self._woken = self._woken or any(s.kind != "notice" for s in self._queue)
+        self._pump()
+
+    def thread_lost(self, info: Any) -> None:
+        """The thread was lost (resume failed, a fresh one started): the next settlement carries ``info``."""
+        self._thread_lost = info
+
+    def reconciled(self, resend: Collection[int], outcomes: Mapping[int, TurnOutcome]) -> None:
+        """A dead host's in-doubt input is decided: ``resend`` never reached codex (it goes first, in order);
+        the rest settle with ``outcomes`` (or ``interrupted`` when codex has it but no outcome is known)."""
+        for seq in sorted(self._in_doubt, reverse=True):
+            sub = self._in_doubt.pop(seq)
+            if seq in resend:
+                sub.state = "queued"
+                self._queue.appendleft(sub)
+                continue
+            outcome = outcomes.get(seq)
+            if outcome is None:
+                outcome = TurnOutcome(
+                    "interrupted",
+                    None,
+                    error="the previous host stopped while this input was in flight; codex has it, so it is not "
+                    "sent again",
+                )
+            self._settle(sub, outcome, persist=True)
+        self._pump()
+
+    def session_lost(self, generation: int, reason: str, *, unsent: Collection[int] = ()) -> None:
+        """Session ``generation`` ended. What it had in flight settles ``interrupted`` (it may have had effects), except
+        a delivery whose request certainly never left us (``unsent`` seqs): that one goes back to the queue's head."""
+        session = self._session
+        if session is None or session.generation != generation:
+            return
+        self._session = None
+        self._woken = False
+        flight = session.sending
+        if flight is not None:
+            sub = flight.submission
+            if sub.seq in unsent:
+                sub.state = "queued"
+                sub.generation = None
+                self._queue.appendleft(sub)
+            else:
+                self._settle(sub, TurnOutcome("interrupted", flight.target, error=reason), persist=True)
+        for turn in session.turns.values():
+            for sub in turn.inputs:
+                self._settle(sub, TurnOutcome("interrupted", turn.id, error=reason), persist=True)
+        for token, (_turn_id, requester) in session.interrupts.items():
+            del token
+            if requester is not None:
+                self._actions.append(InterruptAnswer(requester, False))
+
+    def stop(self, reason: str = "runtime stopped") -> None:
+        """Settle everything still open ``stopped``. Nothing is persisted: with a durable store, queued input is
+        delivered, and input in flight reconciled, by the next start.
+
+        A batch being written is waited for first (its callers are answered, then its inputs settle ``stopped``):
+        :attr:`stopped` turns True once it is in. Call :meth:`abort` when nothing can be waited for.
+        """
+        self.close_admission()
+        if self._writing:
+            self._stop_reason = reason
+            return
+        self.abort(reason)
+
+    def abort(self, reason: str = "runtime stopped") -> None:
+        """Stop now, without waiting for a batch being written: its callers are answered ``failed`` (the write's
+        outcome is unknown to us; with a durable store its inputs may still be delivered by the next start)."""
+        self.close_admission()
+        for batch in list(self._writing):
+            members, answers = self._writing.pop(batch)
+            for request, sub in members:
+                sub.state = "settled"
+                self._actions.append(Answer(request, "stopped"))
+            self._actions.extend(answers)
+        self.stopped = True
+        self._stop_queue(reason)
+        session, self._session = self._session, None
+        if session is not None:
+            if session.sending is not None:
+                self._settle(session.sending.submission, TurnOutcome("stopped", None, error=reason), persist=False)
+            for turn in session.turns.values():
+                for sub in turn.inputs:
+                    self._settle(sub, TurnOutcome("stopped", turn.id, error=reason), persist=False)
+            for _turn_id, requester in session.interrupts.values():
+                if requester is not None:
+                    self._actions.append(InterruptAnswer(requester, False))
+        for sub in list(self._in_doubt.values()):
+            self._settle(sub, TurnOutcome("stopped", None, error=reason), persist=False)
+        self._in_doubt.clear()
+
+    def _stop_queue(self, reason: str) -> None:
+        while self._queue:
+            self._settle(self._queue.popleft(), TurnOutcome("stopped", None, error=reason), persist=False)
+
+    # == delivery =================================================================================================
+
+    def _pump(self) -> None:
+        """Send the queue's head if nothing is in flight and the turn state allows it."""
+        session = self._session
+        if session is None or session.sending is not None or not self._queue or self._in_doubt or self.stopped:
+            return
+        target: _Turn | None = None
+        if session.turns:
+            if self.delivery_mode == "queue":
+                return  # each input gets its own turn: wait for the open one to end
+            for turn in reversed(session.turns.values()):
+                if turn.steerable and not turn.interrupting:
+                    target = turn
+                    break
+            if target is None and any(turn.interrupting for turn in session.turns.values()):
+                return  # a turn/start now would be refused; a steer would join a dying turn
+        sub = self._queue.popleft()
+        sub.state = "sending"
+        sub.generation = session.generation
+        token = self._token()
+        if target is not None:
+            session.sending = _Flight(token, sub, "turn/steer", target.id)
+            self._actions.append(Send(token, session.generation, "turn/steer", sub, session.thread_id, target.id))
+        else:
+            session.sending = _Flight(token, sub, "turn/start", None)
+            self._actions.append(Send(token, session.generation, "turn/start", sub, session.thread_id))
+
+    def delivery_answered(
+        self,
+        token: int,
+        now: float,
+        *,
+        turn_id: str | None = None,
+        refused: str | None = None,
+        broken: str | None = None,
+    ) -> None:
+        """codex answered the :class:`Send` ``token``: accepted into ``turn_id``, ``refused`` (an RPC error, with
+        its message), or ``broken`` (no usable answer: a timeout or an answer we cannot read; ends the session).
+        A lost connection is not an answer: :meth:`session_lost` follows."""
+        session = self._session
+        flight = session.sending if session is not None else None
+        if session is None or flight is None or flight.token != token:
+            return  # from a session that has ended
+        sub = flight.submission
+        if broken is not None:
+            self._actions.append(FailSession(session.generation, broken))
+            return
+        session.sending = None
+        if refused is not None:
+            if flight.method == "turn/steer":
+                # The turn ended between our look and codex's: start a new turn with this input instead.
+                turn = session.turns.get(flight.target or "")
+                if turn is not None:
+                    turn.steerable = False
+                sub.state = "queued"
+                self._queue.appendleft(sub)
+            else:
+                self._settle(sub, TurnOutcome("failed", None, error=f"turn/start rejected: {refused}"), persist=True)
+            self._pump()
+            return
+        turn_id = turn_id or flight.target
+        assert turn_id is not None
+        sub.state = "sent"
+        sub.turn_id = turn_id
+        ended = session.ended.get(turn_id)
+        if ended is not None:
+            self._settle(sub, ended, persist=True)  # its turn/completed overtook this answer
+        else:
+            self._open_turn(session, turn_id, now).inputs.append(sub)
+        self._pump()
+
+    def _open_turn(self, session: _Session, turn_id: str, now: float) -> _Turn:
+        turn = session.turns.get(turn_id)
+        if turn is None:
+            turn = session.turns[turn_id] = _Turn(turn_id, now + self.turn_timeout)
+            turn.items.extend(session.early_items.pop(turn_id, ()))
+            self._publish(TurnStarted(turn_id, session.generation))
+        return turn
+
+    # == interrupts and deadlines =================================================================================
+
+    def interrupt(self, requester: Any, now: float) -> None:
+        """A caller asks to interrupt the active turn; answered with :class:`InterruptAnswer` (False: no turn)."""
+        session = self._session
+        if session is None:
+            self._actions.append(InterruptAnswer(requester, False))
+            return
+        for turn in reversed(session.turns.values()):
+            if not turn.interrupting:
+                turn.deadline = max(turn.deadline, now + self.interrupt_timeout)
+                self._interrupt(session, turn, requester)
+                return
+        self._actions.append(InterruptAnswer(requester, False))
+
+    def _interrupt(self, session: _Session, turn: _Turn, requester: Any) -> None:
+        turn.interrupting = True
+        turn.steerable = False
+        token = self._token()
+        session.interrupts[token] = (turn.id, requester)
+        self._actions.append(Interrupt(token, session.generation, session.thread_id, turn.id))
+
+    def interrupt_answered(self, token: int, now: float, *, accepted: bool, error: str | None = None) -> None:
+        """codex answered the :class:`Interrupt` ``token``. Refused means codex has no such turn running (it ended
+        and we missed its end, or it never really started): the turn ends here, as interrupted."""
+        session = self._session
+        if session is None or token not in session.interrupts:
+            return
+        turn_id, requester = session.interrupts.pop(token)
+        if requester is not None:
+            self._actions.append(InterruptAnswer(requester, accepted))
+        turn = session.turns.get(turn_id)
+        if turn is None:
+            return
+        if accepted:
+            # codex ends it with turn/completed (interrupted); if it does not, the session is broken.
+            turn.deadline = now + self.interrupt_timeout
+            return
+        self._end_turn(session, turn_id, TurnOutcome("interrupted", turn_id, error=error or "turn was interrupted"))
+        self._pump()
+
+    def tick(self, now: float) -> None:
+        """Time passed: open turns past their deadline are failed and interrupted; a turn that outlived its
+        interrupt ends the session."""
+        session = self._session
+        if session is None:
+            return
+        for turn in list(session.turns.values()):
+            if turn.deadline > now:
+                continue
+            if turn.interrupting:
+                self._actions.append(
+                    FailSession(
+                        session.generation,
+                        f"codex did not end turn {turn.id} within {self.interrupt_timeout:g}s of turn/interrupt",
+                    )
+                )
+                turn.deadline = float("inf")  # reported once; the session ends
+                continue
+            message = f"turn {turn.id} exceeded its {self.turn_timeout:g}s deadline and was interrupted"
+            turn.override = TurnOutcome("failed", turn.id, error=message)
+            for sub in turn.inputs:
+                self._settle(sub, turn.override, persist=True)
+            turn.inputs.clear()
+            turn.deadline = now + self.interrupt_timeout
+            self._interrupt(session, turn, None)
+
+    # == notifications ============================================================================================
+
+    def notification(self, method: str, params: Any, now: float) -> None:
+        """A notification from the app-server of the current session."""
+        session = self._session
+        if session is None or not isinstance(params, dict):
+            return
+        thread_id = params.get("threadId")
+        if thread_id is not None and thread_id != session.thread_id:
+            return  # another thread's: none of our turns
+        handler = self._handlers.get(method)
+        if handler is not None:
+            handler(self, session, params, now)
+
+    def _on_delta(self, session: _Session, params: dict[str, Any], now: float) -> None:
+        self._actions.append(
+            Publish(
+                AgentMessageDelta(
+                    str(params.get("turnId", "")),
+                    str(params.get("itemId", "")),
+                    str(params.get("delta", "")),
+                    session.generation,
+                )
+            )
+        )
+
+    def _on_item(self, session: _Session, params: dict[str, Any], now: float, *, completed: bool) -> None:
+        parsed = _structure(params, p.ItemNotification)
+        if parsed is None:
+            return
+        item = parsed.item
+        if completed:
+            turn = session.turns.get(parsed.turn_id)
+            if turn is not None:
+                _append_item(turn.items, item)
+            elif parsed.turn_id not in session.ended:
+                early = session.early_items.setdefault(parsed.turn_id, [])
+                session.early_items.move_to_end(parsed.turn_id)
+                _append_item(early, item)
+                while len(session.early_items) > _REMEMBERED_EARLY:
+                    session.early_items.popitem(last=False)
+            self._publish(ItemCompleted(parsed.turn_id, item.type, item.id, item.raw, session.generation))
+        else:
+            self._publish(ItemStarted(parsed.turn_id, item.type, item.id, item.raw, session.generation))
+
+    def _on_item_started(self, session: _Session, params: dict[str, Any], now: float) -> None:
+        self._on_item(session, params, now, completed=False)
+
+    def _on_item_completed(self, session: _Session, params: dict[str, Any], now: float) -> None:
+        self._on_item(session, params, now, completed=True)
+
+    def _on_turn_started(self, session: _Session, params: dict[str, Any], now: float) -> None:
+        parsed = _structure(params, p.TurnNotification)
+        if parsed is None or parsed.turn.id in session.ended:
+            return
+        # Ours (its turn/start answer is on the way) or not: either way an open turn, with a deadline.
+        self._open_turn(session, parsed.turn.id, now)
+
+    def _on_turn_completed(self, session: _Session, params: dict[str, Any], now: float) -> None:
+        parsed = _structure(params, p.TurnNotification)
+        if parsed is None:
+            return
+        turn = parsed.turn
+        items = session.turns[turn.id].items if turn.id in session.turns else session.early_items.pop(turn.id, [])
+        self._end_turn(session, turn.id, _turn_outcome(turn, items or turn.items))
+        self._pump()
+
+    def _on_error(self, session: _Session, params: dict[str, Any], now: float) -> None:
+        parsed = _structure(params, p.ErrorNotification)
+        if parsed is None:
+            return
+        message = parsed.error.message or "codex reported an error"
+        if parsed.will_retry:
+            match = _ATTEMPT.search(message)
+            attempt, of = (int(match.group(1)), int(match.group(2))) if match else (None, None)
+            self._publish(CodexRetrying(parsed.turn_id, message, attempt, of, session.generation))
+            return
+        turn_id = parsed.turn_id
+        if turn_id is None and session.turns:
+            turn_id = next(reversed(session.turns))
+        self._publish(CodexError(turn_id, message, session.generation))
+        if turn_id is None:
+            return
+        # codex gave up on the turn: it is over for us, whether or not its turn/completed follows.
+        items = session.turns[turn_id].items if turn_id in session.turns else session.early_items.pop(turn_id, [])
+        self._end_turn(session, turn_id, _with_items(TurnOutcome("failed", turn_id, error=message), items))
+        self._pump()
+
+    def _on_warning(self, session: _Session, params: dict[str, Any], now: float) -> None:
+        message = params.get("message")
+        if isinstance(message, str):
+            self._publish(CodexWarning(message, session.generation))
+
+    _handlers: Final[Mapping[str, Callable[[RuntimeCore, _Session, dict[str, Any], float], None]]] = {
+        "item/agentMessage/delta": _on_delta,
+        "item/started": _on_item_started,
+        "item/completed": _on_item_completed,
+        "turn/started": _on_turn_started,
+        "turn/completed": _on_turn_completed,
+        "error": _on_error,
+        "warning": _on_warning,
+    }
+
+    def _end_turn(self, session: _Session, turn_id: str, outcome: TurnOutcome) -> None:
+        if turn_id in session.ended:
+            return  # e.g. the turn/completed that follows a fatal error, or a deadline's interrupt
+        turn = session.turns.pop(turn_id, None)
+        session.ended[turn_id] = outcome
+        while len(session.ended) > _REMEMBERED_ENDED:
+            session.ended.popitem(last=False)
+        final = turn.override if turn is not None and turn.override is not None else outcome
+        if turn is not None:
+            for sub in turn.inputs:
+                self._settle(sub, outcome, persist=True)
+        self._publish(TurnCompleted(turn_id, final.outcome, final.text, final.error, session.generation))
+
+    # == settlement ===============================================================================================
+
+    def _settle(self, sub: Submission, outcome: TurnOutcome, *, persist: bool) -> None:
+        if sub.state == "settled":
+            raise AssertionError(f"submission {sub.seq} settled twice")
+        sub.state = "settled"
+        thread_lost, self._thread_lost = self._thread_lost, None
+        settlement = Settlement(
+            sub.seq,
+            sub.source_id,
+            outcome.outcome,
+            outcome.turn_id or sub.turn_id,
+            outcome.text,
+            outcome.items,
+            outcome.error,
+            sub.generation,
+            thread_lost,
+        )
+        self._actions.append(Settle(settlement, persist and sub.durable))
+
+    def _publish(self, event: Event) -> None:
+        self._actions.append(Publish(event))
+
+    def _token(self) -> int:
+        token = self._next_token
+        self._next_token += 1
+        return token
+
+
+def _structure(params: dict[str, Any], cls: type[Any]) -> Any:
+    try:
+        return p.structure(params, cls)
+    except Exception:
+        return None  # malformed: not ours to act on
+
+
+def _append_item(items: list[p.Item], item: p.Item) -> None:
+    items.append(item)
+    if len(items) > _MAX_ITEMS_PER_TURN:
+        del items[0]
+
+
+def _with_items(outcome: TurnOutcome, items: Sequence[p.Item]) -> TurnOutcome:
+    if not items:
+        return outcome
+    return attrs.evolve(outcome, text=_last_agent_text(items), items=tuple(i.raw for i in items))
+
+
+def _last_agent_text(items: Sequence[p.Item]) -> str | None:
+    for item in reversed(items):
+        if item.type == "agentMessage" and item.text:
+            return item.text
+    return None
+
+
+def _turn_outcome(turn: p.Turn, items: Sequence[p.Item]) -> TurnOutcome:
+    text = _last_agent_text(items)
+    raw = tuple(i.raw for i in items)
+    if turn.status == "completed":
+        return TurnOutcome("completed", turn.id, text, raw)
+    if turn.status == "interrupted":
+        return TurnOutcome("interrupted", turn.id, text, raw, "turn was interrupted")
+    message = turn.error.message if turn.error is not None else f"turn ended with status {turn.status}"
+    return TurnOutcome("failed", turn.id, text, raw, message or "codex turn failed")
+
+
+def outcome_of(turn: p.Turn, items: Sequence[p.Item]) -> TurnOutcome:
+    """The outcome a finished ``turn`` gives its inputs (also used to reconcile a dead host's input)."""
+    return _turn_outcome(turn, items)
+

@@ -1,0 +1,506 @@
+"""The engine: the one task that owns the runtime's :class:`~codex_trio._core.RuntimeCore`.
+
+Everything that happens to the runtime arrives in one bounded inbox, in order: callers' admission and interrupt
+requests, the live session's notifications (the connection routes them straight in, losslessly), RPC answers,
+batches made durable, sessions coming up and going down. The engine feeds each to the core and performs the
+actions the core returns. It never awaits anything slow itself: RPCs run as short tasks in the live session's
+nursery (so they die with it), batch writes as tasks in the runtime's nursery; both report back through the
+inbox. The active turns' deadlines are one cancel scope around the inbox read.
+
+Because every session's items pass through the same inbox, ordering settles which session they belong to: a
+session's notifications are all read before its "session down" (its connection is closed by then), and the next
+session's turn notifications can only follow its "session up" (nothing is sent to it before).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import attrs
+import trio
+
+from . import _protocol as p
+from ._admission import Admission
+from ._connection import Connection
+from ._core import (
+    AdmitRequest,
+    Answer,
+    FailSession,
+    Interrupt,
+    InterruptAnswer,
+    Publish,
+    RuntimeCore,
+    Send,
+    Settle,
+    SubmissionKind,
+    Write,
+)
+from ._errors import ConnectionLost, LeaseLost, ProtocolError, RequestTimeout, RpcError
+from ._events import EventHub, SubmissionSettled
+from ._jsonrpc import Notification
+from ._settlement import Settlement, TurnOutcome
+from ._state import StateStore, StoredSettlement, StoredSubmission
+
+__all__ = ["Engine", "LiveSession"]
+
+log = logging.getLogger("codex_trio.runtime")
+
+#: The inbox holds at most this many items; a full inbox slows the socket reader (never drops a notification).
+_INBOX: Final = 1024
+#: Settlements waiting for the store; a full queue slows the engine (the store is the bottleneck then).
+_PERSIST_QUEUE: Final = 1024
+#: Items the engine takes from an already-filled inbox before it yields to the scheduler.
+_YIELD_EVERY: Final = 64
+
+
+@attrs.define(eq=False)
+class LiveSession:
+    """What the engine needs of the session that is up: where to send, where to run RPCs, how to end it."""
+
+    generation: int
+    connection: Connection
+    thread_id: str
+    nursery: trio.Nursery
+    fail: Callable[[BaseException], None]
+    #: set once the session's nursery has exited: no RPC task can start in it any more
+    closed: bool = False
+
+
+# -- inbox items (besides Notification and AdmitRequest) ---------------------------------------------------------
+
+
+@attrs.frozen
+class _SessionUp:
+    live: LiveSession
+
+
+@attrs.frozen
+class _SessionDown:
+    generation: int
+    reason: str
+
+
+@attrs.frozen
+class _Reconciled:
+    resend: frozenset[int]
+    outcomes: dict[int, TurnOutcome]
+
+
+@attrs.frozen
+class _ThreadLost:
+    info: Any
+
+
+@attrs.frozen
+class _Written:
+    batch: int
+    error: BaseException | None
+
+
+@attrs.frozen
+class _Delivered:
+    token: int
+    turn_id: str | None = None
+    refused: str | None = None
+    broken: str | None = None
+
+
+@attrs.frozen
+class _Interrupted:
+    token: int
+    accepted: bool
+    error: str | None = None
+
+
+@attrs.define(eq=False)
+class _InterruptRequest:
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: bool = False
+
+
+@attrs.frozen
+class _Stop:
+    pass
+
+
+@attrs.define(eq=False)
+class _Reply:
+    done: trio.Event = attrs.field(factory=trio.Event)
+    admission: Admission | None = None
+
+
+@attrs.define(eq=False)
+class _Flight:
+    """Whether a delivery's request may have left us: False until the request is handed to the connection, and
+    False again if the connection says it never sent it. Read when the session ends, even if the RPC task was
+    cancelled before it could report."""
+
+    maybe_sent: bool = False
+
+
+class Engine:
+    def __init__(
+        self,
+        core: RuntimeCore,
+        *,
+        runtime_id: str,
+        store: StateStore,
+        hub: EventHub,
+        dedup_window: int,
+        request_timeout: float,
+        on_settled: Callable[[Settlement], None],
+    ) -> None:
+        self.core = core
+        self.runtime_id = runtime_id
+        self._store = store
+        self._hub = hub
+        self._dedup_window = dedup_window
+        self._request_timeout = request_timeout
+        self._on_settled = on_settled
+        self._send, self._receive = trio.open_memory_channel[Any](_INBOX)
+        self._persist_send, self._persist_receive = trio.open_memory_channel[StoredSettlement](_PERSIST_QUEUE)
+        self._admissions: dict[int, Admission] = {}
+        #: delivery token -> (seq, whether its request may have left us)
+        self._flights: dict[int, tuple[int, _Flight]] = {}
+        self._live: LiveSession | None = None
+        self._nursery: trio.Nursery | None = None
+        self._stopping = False
+        self.done = trio.Event()
+        self.persisted = trio.Event()
+
+    @property
+    def live(self) -> LiveSession | None:
+        """The session that is up, if any."""
+        live = self._live
+        return live if live is not None and not live.closed else None
+
+    # == what callers and the session use ==========================================================================
+
+    async def admit(self, source_id: str, kind: SubmissionKind, text: str) -> Admission:
+        """Ask the core to accept an input; see :class:`~codex_trio._core.AdmitRequest` for the cancel rule.
+
+        Cancelled before the core took the request: nothing happened (Cancelled is raised). Cancelled after: the
+        write is under way and completes; the admission is returned, and the cancellation is delivered at the
+        caller's next checkpoint — so an id is either accepted or leaves no trace, never half of it.
+        """
+        reply = _Reply()
+        request = AdmitRequest(source_id, kind, text, reply=reply)
+        try:
+            await self._send.send(request)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return Admission("stopped", source_id)
+        try:
+            await reply.done.wait()
+        except trio.Cancelled:
+            if not request.taken:
+                request.withdrawn = True
+                raise
+            with trio.CancelScope(shield=True):
+                await reply.done.wait()
+        assert reply.admission is not None
+        return reply.admission
+
+    async def interrupt(self) -> bool:
+        request = _InterruptRequest()
+        try:
+            await self._send.send(request)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        await request.done.wait()
+        return request.result
+
+    def session_inbox(self) -> trio.MemorySendChannel[Any]:
+        """A clone of the inbox for a session's connection to route notifications into (closed with it)."""
+        return self._send.clone()
+
+    async def session_up(self, live: LiveSession) -> None:
+        await self._post(_SessionUp(live))
+
+    async def session_down(self, generation: int, reason: str) -> None:
+        await self._post(_SessionDown(generation, reason))
+
+    async def reconciled(self, resend: frozenset[int], outcomes: dict[int, TurnOutcome]) -> None:
+        await self._post(_Reconciled(resend, outcomes))
+
+    async def thread_lost(self, info: Any) -> None:
+        await self._post(_ThreadLost(info))
+
+    async def stop(self) -> None:
+        """Close admission, let a batch being written finish, settle everything still open ``stopped``."""
+        self._stopping = True
+        await self._post(_Stop())
+        await self.done.wait()
+
+    async def _post(self, item: Any) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                await self._send.send(item)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the engine has ended; nothing is left to tell
+
+    # == the task ==================================================================================================
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        core = self.core
+        receive = self._receive
+        unyielded = 0
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._persist_loop)
+                task_status.started()
+                try:
+                    while True:
+                        await self._perform(core.take_actions())
+                        if core.stopped:
+                            break
+                        deadline = core.next_deadline()
+                        if deadline <= trio.current_time():
+                            core.tick(trio.current_time())
+                            continue
+                        try:
+                            # Already queued: no trip through the scheduler per item (notifications come in bursts),
+                            # but still a yield now and then so that the rest of the application runs.
+                            item = receive.receive_nowait()
+                        except trio.WouldBlock:
+                            unyielded = 0
+                            # One cancel scope carries the open turns' deadlines.
+                            with trio.move_on_at(deadline) as scope:
+                                item = await receive.receive()
+                            if scope.cancelled_caught:
+                                continue
+                        else:
+                            unyielded += 1
+                            if unyielded >= _YIELD_EVERY:
+                                unyielded = 0
+                                await trio.lowlevel.checkpoint()
+                        self._feed(item)
+                finally:
+                    self._persist_send.close()
+        finally:
+            self._receive.close()
+            if not core.stopped:  # cancelled, or a bug: still answer every caller and settle every input
+                core.abort("runtime stopped")
+            self._perform_now(core.take_actions())
+            self.done.set()
+
+    def _feed(self, item: Any) -> None:
+        core = self.core
+        kind = type(item)
+        if kind is Notification:
+            if item.method == "item/agentMessage/delta" and not self._hub.subscriber_count:
+                return  # the hottest notification: build nothing nobody reads
+            core.notification(item.method, item.params, trio.current_time())
+        elif kind is AdmitRequest:
+            core.request(item)
+        elif kind is _Delivered:
+            self._flights.pop(item.token, None)
+            core.delivery_answered(
+                item.token, trio.current_time(), turn_id=item.turn_id, refused=item.refused, broken=item.broken
+            )
+        elif kind is _Written:
+            if item.error is None:
+                core.written(item.batch)
+            else:
+                core.write_failed(item.batch, item.error)
+        elif kind is _Interrupted:
+            core.interrupt_answered(item.token, trio.current_time(), accepted=item.accepted, error=item.error)
+        elif kind is _InterruptRequest:
+            core.interrupt(item, trio.current_time())
+        elif kind is _SessionUp:
+            self._live = item.live
+            self._flights.clear()
+            core.session_ready(item.live.generation, item.live.thread_id)
+        elif kind is _SessionDown:
+            unsent = {seq for seq, flight in self._flights.values() if not flight.maybe_sent}
+            self._flights.clear()
+            if self._live is not None and self._live.generation == item.generation:
+                self._live = None
+            core.session_lost(item.generation, item.reason, unsent=unsent)
+        elif kind is _Reconciled:
+            core.reconciled(item.resend, item.outcomes)
+        elif kind is _ThreadLost:
+            core.thread_lost(item.info)
+        elif kind is _Stop:
+            core.stop("runtime stopped")  # waits for a batch being written, if any
+        else:  # pragma: no cover - a bug in a producer
+            raise AssertionError(f"unexpected inbox item {item!r}")
+
+    # == actions ===================================================================================================
+
+    async def _perform(self, actions: list[Any]) -> None:
+        for action in actions:
+            if type(action) is Settle and action.persist:
+                self._settle(action.settlement)
+                s = action.settlement
+                await self._persist_send.send(
+                    StoredSettlement(s.seq, s.source_id, s.outcome, s.turn_id, s.error, time.time())
+                )
+            else:
+                self._perform_one(action)
+
+    def _perform_now(self, actions: list[Any]) -> None:
+        """Perform without awaiting (the engine is ending): nothing is persisted any more."""
+        for action in actions:
+            if type(action) is Settle:
+                self._settle(action.settlement)
+            elif type(action) in (Answer, InterruptAnswer, Publish):
+                self._perform_one(action)
+
+    def _perform_one(self, action: Any) -> None:
+        kind = type(action)
+        if kind is Publish:
+            self._hub.publish(action.event)
+        elif kind is Settle:
+            self._settle(action.settlement)
+        elif kind is Answer:
+            self._answer(action)
+        elif kind is Send:
+            live = self._live
+            flight = _Flight()
+            self._flights[action.token] = (action.submission.seq, flight)
+            if live is not None and live.generation == action.generation and not live.closed:
+                live.nursery.start_soon(self._deliver, live, action, flight)
+            # else: never sent; "session down" (on its way) puts it back at the head of the queue
+        elif kind is Interrupt:
+            live = self._live
+            if live is not None and live.generation == action.generation and not live.closed:
+                live.nursery.start_soon(self._interrupt, live, action)
+        elif kind is InterruptAnswer:
+            request: _InterruptRequest = action.requester
+            request.result = action.interrupted
+            request.done.set()
+        elif kind is Write:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._write, action)
+        elif kind is FailSession:
+            live = self._live
+            if live is not None and live.generation == action.generation and not live.closed:
+                live.fail(RequestTimeout("turn/interrupt", self._request_timeout, action.reason))
+        else:  # pragma: no cover
+            raise AssertionError(f"unknown action {action!r}")
+
+    def _answer(self, action: Answer) -> None:
+        request = action.request
+        reply: _Reply | None = request.reply
+        sub = action.submission
+        if sub is not None:
+            admission = Admission(action.status, request.source_id, sub.seq, _done=trio.Event())
+            self._admissions[sub.seq] = admission
+        else:
+            admission = Admission(action.status, request.source_id, error=action.error)
+        if reply is not None:
+            reply.admission = admission
+            reply.done.set()
+
+    def _settle(self, settlement: Settlement) -> None:
+        admission = self._admissions.pop(settlement.seq, None)
+        if admission is not None:
+            admission._settle(settlement)
+        self._on_settled(settlement)
+        self._hub.publish(SubmissionSettled(settlement))
+
+    # == tasks the actions start ===================================================================================
+
+    async def _write(self, action: Write) -> None:
+        error: BaseException | None = None
+        fatal: BaseException | None = None
+        with trio.CancelScope(shield=True):  # a durable write is never cut in half; the callers wait for it
+            now = time.time()
+            try:
+                await self._store.accept(
+                    self.runtime_id,
+                    [StoredSubmission(s.seq, s.source_id, s.kind, s.text, now) for s in action.submissions],
+                    dedup_window=self._dedup_window,
+                )
+            except LeaseLost as exc:
+                error = fatal = exc
+            except Exception as exc:
+                log.warning("[%s] accepting %d input(s) failed: %r", self.runtime_id, len(action.submissions), exc)
+                error = exc
+            await self._post(_Written(action.batch, error))
+        if fatal is not None:
+            raise fatal  # another owner took this runtime over: it must stop
+
+    async def _deliver(self, live: LiveSession, action: Send, flight: _Flight) -> None:
+        sub = action.submission
+        if sub.durable:
+            # In doubt from here until it settles: a host that dies now must not make the next one send it again
+            # without first asking codex whether it has it.
+            await self._best_effort("mark input in doubt", self._store.delivering, self.runtime_id, sub.seq)
+        text = [p.TextInput(sub.text)]
+        params: Any
+        if action.method == "turn/start":
+            params = p.TurnStartParams(action.thread_id, text, sub.client_id)
+        else:
+            assert action.expected_turn_id is not None
+            params = p.TurnSteerParams(action.thread_id, action.expected_turn_id, text, sub.client_id)
+        flight.maybe_sent = True
+        try:
+            raw = await live.connection.request(action.method, p.unstructure(params))
+        except RpcError as exc:
+            answer = _Delivered(action.token, refused=str(exc))
+        except RequestTimeout as exc:
+            live.fail(exc)
+            answer = _Delivered(action.token, broken=str(exc))
+        except ConnectionLost as exc:
+            if exc.request_sent is False:
+                flight.maybe_sent = False  # certainly never left us: the next session sends it
+            return  # the session is ending; "session down" settles it
+        else:
+            try:
+                if action.method == "turn/start":
+                    turn_id: str | None = p.structure(raw, p.TurnStartResult).turn.id
+                else:
+                    value = raw.get("turnId") if isinstance(raw, dict) else None
+                    turn_id = value if isinstance(value, str) else action.expected_turn_id
+            except Exception as exc:
+                error = ProtocolError(f"{action.method} returned an answer we cannot read ({exc}): {raw!r:.300}")
+                live.fail(error)
+                answer = _Delivered(action.token, broken=str(error))
+            else:
+                answer = _Delivered(action.token, turn_id=turn_id)
+        await self._send.send(answer)
+
+    async def _interrupt(self, live: LiveSession, action: Interrupt) -> None:
+        params = p.unstructure(p.TurnInterruptParams(action.thread_id, action.turn_id))
+        try:
+            await live.connection.request("turn/interrupt", params, timeout=self._request_timeout)
+        except RpcError as exc:
+            answer = _Interrupted(action.token, False, str(exc))
+        except RequestTimeout as exc:
+            live.fail(exc)
+            return
+        except ConnectionLost:
+            return
+        else:
+            answer = _Interrupted(action.token, True)
+        await self._send.send(answer)
+
+    async def _persist_loop(self) -> None:
+        try:
+            async for stored in self._persist_receive:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await self._store.settle(self.runtime_id, stored)
+                    except LeaseLost:
+                        raise
+                    except Exception as exc:
+                        log.warning("[%s] failed to persist settlement %s: %r", self.runtime_id, stored.seq, exc)
+        finally:
+            # Also when cancelled (the caller of open_runtime was): what was not persisted stays pending or in doubt
+            # in the store, and the next start reconciles it.
+            self.persisted.set()
+
+    async def _best_effort(self, what: str, write: Callable[..., Awaitable[None]], *args: Any) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                await write(*args)
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                log.warning("[%s] failed to %s %r: %r", self.runtime_id, what, args[1:], exc)
+

@@ -1,0 +1,130 @@
+"""Recovery: what a runtime takes over from the host that ran it before.
+
+* :func:`load` reads the state store once, reaps an app-server the previous host left running, and turns the
+  snapshot into the core's starting point: the dedup window, the next sequence number, the queue of accepted
+  input, and the input that was *in doubt* (sent, or being sent, and not yet settled) when that host died.
+* :func:`reconcile` settles the in-doubt input against codex's own record, before anything else is delivered.
+  codex keeps each user message's ``clientUserMessageId`` as its ``clientId`` (we send the source id, or one
+  made from the sequence number), so the thread's recent turns tell, input by input: codex never got it (it is
+  sent again, first), or codex has it (it settles with the outcome of the turn that carried it, or
+  ``interrupted`` if that turn never ended). Nothing is sent twice and nothing acknowledged is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Final
+
+import attrs
+import trio
+
+from . import _protocol as p
+from ._completions import CompletionLedgerSnapshot
+from ._connection import Connection
+from ._core import Submission, SubmissionKind, outcome_of
+from ._errors import RpcError
+from ._process import reap_orphan
+from ._settlement import TurnOutcome
+from ._state import StateStore
+
+__all__ = ["Restored", "decide", "load", "reconcile"]
+
+log = logging.getLogger("codex_trio.runtime")
+
+#: How many recent turns to search for input a dead host was delivering (it was the last thing it sent).
+IN_DOUBT_TURNS: Final = 20
+
+
+@attrs.frozen
+class Restored:
+    thread_id: str | None
+    next_seq: int
+    seen: tuple[str, ...]
+    pending: tuple[tuple[int, str, SubmissionKind, str], ...]
+    in_doubt: tuple[tuple[int, str, SubmissionKind, str], ...]
+    completions: CompletionLedgerSnapshot | None
+
+
+def _kind(value: str) -> SubmissionKind:
+    if value in ("channel", "system", "trigger"):
+        return value  # type: ignore[return-value]
+    return "channel"
+
+
+async def load(store: StateStore, runtime_id: str, *, thread_id: str | None = None) -> Restored:
+    """Read ``runtime_id``'s state; ``thread_id`` (a checkpoint) overrides the stored one."""
+    snapshot = await store.load(runtime_id)
+    child = snapshot.record.child
+    if child is not None and await trio.to_thread.run_sync(reap_orphan, child):
+        log.warning("[%s] reaped an app-server left running by a previous host (%s)", runtime_id, child)
+    rows = [(s.seq, s.source_id, _kind(s.kind), s.text) for s in snapshot.pending]
+    in_doubt = tuple(row for row, s in zip(rows, snapshot.pending, strict=True) if s.delivering)
+    pending = tuple(row for row, s in zip(rows, snapshot.pending, strict=True) if not s.delivering)
+    return Restored(
+        thread_id=thread_id if thread_id is not None else snapshot.record.thread_id,
+        next_seq=snapshot.next_seq,
+        seen=tuple(snapshot.dedup_ids),
+        pending=pending,
+        in_doubt=in_doubt,
+        completions=snapshot.completions,
+    )
+
+
+def decide(in_doubt: Sequence[Submission], turns: Any) -> tuple[frozenset[int], dict[int, TurnOutcome]]:
+    """Pure: given codex's recent turns (``thread/turns/list`` data, any order), which in-doubt inputs to send
+    again, and the outcome of the others that codex has."""
+    carriers: dict[str, p.Turn] = {}
+    for raw in turns if isinstance(turns, list) else []:
+        try:
+            turn = p.structure(raw, p.Turn)
+        except Exception:
+            continue
+        for item in turn.items:
+            client_id = item.raw.get("clientId")
+            if item.type == "userMessage" and isinstance(client_id, str):
+                carriers.setdefault(client_id, turn)
+    resend: set[int] = set()
+    outcomes: dict[int, TurnOutcome] = {}
+    for sub in in_doubt:
+        carrier = carriers.get(sub.client_id)
+        if carrier is None:
+            resend.add(sub.seq)
+        elif carrier.status in ("completed", "failed", "interrupted"):
+            outcomes[sub.seq] = outcome_of(carrier, carrier.items)
+        else:
+            outcomes[sub.seq] = TurnOutcome(
+                "interrupted",
+                carrier.id,
+                error="codex received this input, but the previous host's app-server stopped before its turn ended; "
+                "it is not sent again",
+            )
+    return frozenset(resend), outcomes
+
+
+async def reconcile(
+    connection: Connection, thread_id: str, in_doubt: Sequence[Submission], *, runtime_id: str
+) -> tuple[frozenset[int], dict[int, TurnOutcome]]:
+    """Ask codex which in-doubt inputs it has (see the module docstring). When codex cannot tell us (an older
+    codex without ``thread/turns/list``), nothing is sent again: each settles ``interrupted``."""
+    try:
+        raw = await connection.request(
+            "thread/turns/list",
+            {"threadId": thread_id, "limit": IN_DOUBT_TURNS, "itemsView": "full", "sortDirection": "desc"},
+        )
+    except RpcError as exc:
+        log.warning("[%s] cannot check in-doubt input against the thread: %s", runtime_id, exc)
+        detail = (
+            f"the previous host stopped while delivering this input and codex cannot tell whether it has it ({exc})"
+        )
+        return frozenset(), {s.seq: TurnOutcome("interrupted", None, error=detail) for s in in_doubt}
+    resend, outcomes = decide(in_doubt, raw.get("data") if isinstance(raw, dict) else None)
+    if in_doubt:
+        log.info(
+            "[%s] reconciled %d in-doubt input(s): %d sent again, %d settled from codex's record",
+            runtime_id,
+            len(in_doubt),
+            len(resend),
+            len(outcomes),
+        )
+    return resend, outcomes

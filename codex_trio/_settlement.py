@@ -1,0 +1,46 @@
+"""The one final answer an accepted input gets: its :class:`Settlement`."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+
+__all__ = ["Outcome", "Settlement", "TurnOutcome"]
+
+Outcome = Literal["completed", "failed", "interrupted", "stopped"]
+
+
+@attrs.frozen
+class TurnOutcome:
+    """How a codex turn ended, as seen in ``turn/completed`` (or a fatal ``error``, or our deadline)."""
+
+    outcome: Outcome
+    turn_id: str | None
+    text: str | None = None
+    items: tuple[Any, ...] = ()
+    error: str | None = None
+
+
+@attrs.frozen
+class Settlement:
+    """The one final answer for one accepted input.
+
+    ``completed``: codex finished the turn that carried it (``text`` is the turn's last agent message, ``items``
+    its completed items). ``failed``: codex rejected it or the turn failed (``error`` says why, in codex's words
+    where codex gave them). ``interrupted``: the turn was interrupted, or the app-server died while it was in
+    flight; it is not re-run (it may have had side effects). ``stopped``: the runtime stopped first; with a
+    durable store it is delivered (or reconciled) by the next ``open_runtime`` on that store.
+    """
+
+    seq: int
+    source_id: str
+    outcome: Outcome
+    turn_id: str | None = None
+    text: str | None = None
+    items: tuple[Any, ...] = ()
+    error: str | None = None
+    generation: int | None = None
+    #: Set on the first settlement after a ``thread/resume`` failed and the runtime moved to a fresh thread, so
+    #: the caller learns that the agent no longer has the earlier conversation in context (a ThreadLost event).
+    thread_lost: Any = None
