@@ -66,6 +66,11 @@ from ._runtime import (
     open_runtime as open_runtime,
 )
 from ._settlement import Settlement as Settlement
+from ._signals import (
+    DEFAULT_STOP_SIGNALS as DEFAULT_STOP_SIGNALS,
+    SignalStop as SignalStop,
+    stop_on_signals as stop_on_signals,
+)
 from ._state import (
     MemoryStateStore as MemoryStateStore,
     SqliteStateStore as SqliteStateStore,
@@ -76,6 +81,7 @@ from ._state import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_STOP_SIGNALS",
     "Admission",
     "AdmissionStatus",
     "AgentMessageDelta",
@@ -128,6 +134,7 @@ __all__ = [
     "ServerRequest",
     "ServerRequestAnswered",
     "Settlement",
+    "SignalStop",
     "SkillSource",
     "SocketPathError",
     "SqliteStateStore",
@@ -145,4 +152,5 @@ __all__ = [
     "open_runtime",
     "open_state_store",
     "render_channel_input",
+    "stop_on_signals",
 ]

@@ -37,7 +37,7 @@ from ._config import RuntimeConfig
 from ._errors import BinaryNotFound, CodexTrioError
 from ._events import AgentMessageDelta, Event, Restarting, StatusChanged, SubmissionSettled
 from ._launcher import ProcessLauncher
-from ._ledger import Settlement
+from ._settlement import Settlement
 from ._paths import resolve_codex_bin
 from ._policy import RestartPolicy
 from ._render import ChannelInput

@@ -4,6 +4,15 @@ The socket directory is owner-only (0700) because anyone who can connect to the 
 which runs commands as this user. Socket names are fresh per start so a stale link from a killed child never
 collides with a new one.
 
+The rule for the directories we keep things in (sockets, logs, spill files) is never to change a directory that
+is not ours. :func:`ensure_owner_only_dir` creates a missing directory with mode 0700; uses an existing private
+one of ours as it is; and in a shared directory (world- or group-writable, or sticky) of ours or of root, like
+``/tmp``, makes and uses a private subdirectory ``codex-trio-<euid>`` instead. It refuses the rest rather than
+chmod-ing it: a symlink, something that is not a directory, a directory of another user (who could replace
+anything we put there), and a directory of ours that others can read or enter (it says which mode it found and
+how to fix it). So the directory actually used may be a subdirectory of the one configured: callers use the path
+it returns.
+
 Two byte limits matter for a Unix socket path (counted in the file system encoding): the kernel's
 ``sun_path`` holds 107 bytes plus a NUL, and the original runtime kept paths under a safer 103 bytes. codex
 0.169 itself accepts longer paths (it binds elsewhere and makes the requested path a symlink), but a client
@@ -13,6 +22,7 @@ safe budget.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -31,6 +41,8 @@ __all__ = [
     "default_socket_dir",
     "ensure_owner_only_dir",
     "path_bytes",
+    "plan_owner_only_dir",
+    "private_dir_name",
     "resolve_codex_bin",
     "sanitize_id",
 ]
@@ -57,47 +69,200 @@ def sanitize_id(runtime_id: str) -> str:
     return cleaned if cleaned.strip(".") else (cleaned.replace(".", "_") or "_")
 
 
-def ensure_owner_only_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) if needed and make sure only the current user can use it.
+#: Mode bits that make a directory shared: other users may create (and, without the sticky bit, rename or delete)
+#: entries in it, or it is a sticky directory meant for several users.
+_SHARED_BITS = stat.S_IWGRP | stat.S_IWOTH | stat.S_ISVTX
+_DIR = "codex_trio runtime directory"
 
-    Refuses a symlink (someone could point it anywhere) and a directory owned by another user (they could swap
-    the socket under us); tightens group/other permission bits to 0700.
+
+def private_dir_name() -> str:
+    """``codex-trio-<euid>``: the name of our private subdirectory in a shared directory (and of the default
+    socket directory under the temp directory)."""
+    return f"codex-trio-{os.geteuid()}"
+
+
+def ensure_owner_only_dir(path: Path) -> Path:
+    """Make sure there is a directory only the current user can use at or in ``path``, and return it.
+
+    * missing: created with mode 0700 (and so is every missing parent): returns ``path``;
+    * an existing private directory of ours: used as it is: returns ``path``;
+    * an existing shared directory (world- or group-writable, or sticky) owned by us or by root, like ``/tmp``:
+      left alone; returns its private subdirectory ``codex-trio-<euid>``, created 0700, or reused when it is a
+      real directory owned by us (its mode is tightened to 0700 if need be: it is ours by name and owner);
+    * ``codex-trio-<euid>`` itself, owned by us: used, its mode tightened to 0700 like above.
+
+    Raises :class:`SocketPathError` for a symlink (someone could point it anywhere), something that is not a
+    directory, any directory owned by another user than root (its owner can rename and replace whatever we put
+    in it, shared or not), a foreign or symlinked ``codex-trio-<euid>``, and a directory of ours that others may
+    read or enter without being shared (say 0755): rather than change the mode of a directory we did not
+    create, the error says what to run. The returned directory may be longer than ``path``: allocate socket
+    paths in it.
     """
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except FileExistsError:
-        pass  # a dangling symlink or a non-directory: the lstat below says which
-    except OSError as exc:
-        raise SocketPathError(f"cannot create codex_trio runtime directory {path}: {exc.strerror or exc}") from exc
+    return _owner_only_dir(path, create=True)[0]
+
+
+def plan_owner_only_dir(path: Path) -> tuple[Path, str]:
+    """What :func:`ensure_owner_only_dir` would do for ``path``, without creating or changing anything.
+
+    Returns the directory it would return and one line saying why; raises the same :class:`SocketPathError` for
+    what it would refuse. Whether the directory can actually be created is not checked.
+    """
+    return _owner_only_dir(path, create=False)
+
+
+def _owner_only_dir(path: Path, *, create: bool) -> tuple[Path, str]:
     try:
         st = os.lstat(path)
+    except FileNotFoundError:
+        if not create:
+            return path, f"{path} will be created with mode 0700"
+        if _make_dirs(path):
+            _make_private(path)
+            return path, f"{path} was created with mode 0700"
+        st = _lstat(path)  # created by someone else meanwhile: judged like any existing directory
     except OSError as exc:
-        raise SocketPathError(f"cannot inspect codex_trio runtime directory {path}: {exc.strerror or exc}") from exc
+        raise SocketPathError(f"cannot inspect {_DIR} {path}: {exc.strerror or exc}", value=str(path)) from exc
+    _check_is_directory(path, st, f"refusing to use {_DIR} {path}")
+    me = os.geteuid()
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid == me and path.name == private_dir_name():
+        if mode != 0o700:
+            if create:
+                _make_private(path)
+            return path, f"{path} is ours by name and owner; its mode {mode:04o} is tightened to 0700"
+        return path, f"{path} is private to the current user"
+    if st.st_uid not in (me, 0):
+        raise SocketPathError(
+            f"refusing to use {_DIR} {path}: it is owned by uid {st.st_uid}, not the current user (uid {me}); "
+            f"its owner could replace anything codex_trio puts there; configure a directory of your own",
+            value=str(path),
+        )
+    if mode & _SHARED_BITS:
+        return _private_subdir(path, mode, create=create)
+    if st.st_uid != me:
+        raise SocketPathError(
+            f"refusing to use {_DIR} {path}: it is owned by uid {st.st_uid}, not the current user (uid {me}), "
+            f"and it is not a shared directory (mode {mode:04o}), so nothing of ours goes in it; configure a "
+            f"directory of your own",
+            value=str(path),
+        )
+    if mode & 0o077:
+        raise SocketPathError(
+            f"refusing to use {_DIR} {path}: its mode is {mode:04o}, so other users can list or enter it, and "
+            f"codex_trio does not change the mode of a directory it did not create; run `chmod 700 {path}`, or "
+            f"configure a directory that does not exist yet (it is then created with mode 0700)",
+            value=str(path),
+        )
+    return path, f"{path} is private to the current user"
+
+
+def _lstat(path: Path) -> os.stat_result:
+    try:
+        return os.lstat(path)
+    except OSError as exc:
+        raise SocketPathError(f"cannot inspect {_DIR} {path}: {exc.strerror or exc}", value=str(path)) from exc
+
+
+def _check_is_directory(path: Path, st: os.stat_result, refusing: str) -> None:
     if stat.S_ISLNK(st.st_mode):
-        raise SocketPathError(
-            f"refusing to use codex_trio runtime directory {path}: it is a symlink, not a real directory",
-            value=str(path),
-        )
+        raise SocketPathError(f"{refusing}: it is a symlink, not a real directory", value=str(path))
     if not stat.S_ISDIR(st.st_mode):
+        raise SocketPathError(f"{refusing}: it exists and is not a directory", value=str(path))
+
+
+def _make_dirs(path: Path) -> bool:
+    """Create ``path`` and its missing parents, each with mode 0700 (a directory we create is private).
+
+    Returns False when ``path`` appeared meanwhile, created by someone else. A dangling symlink counts as
+    existing: nothing is created behind it.
+    """
+    missing: list[Path] = []
+    cursor = path
+    while not os.path.lexists(cursor) and cursor.parent != cursor:
+        missing.append(cursor)
+        cursor = cursor.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            if directory == path:
+                return False
+        except OSError as exc:
+            raise SocketPathError(f"cannot create {_DIR} {directory}: {exc.strerror or exc}", value=str(path)) from exc
+    return True
+
+
+def _make_private(path: Path) -> None:
+    """Set mode 0700 on ``path``, a directory that is ours (we created it, or it is ours by name and owner).
+
+    Done through a descriptor opened without following symlinks, and only after checking the owner of what was
+    opened, so a swap of ``path`` after the checks cannot redirect the chmod.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise SocketPathError(
+                f"refusing to use {_DIR} {path}: it is a symlink or not a directory", value=str(path)
+            ) from exc
+        raise SocketPathError(f"cannot open {_DIR} {path}: {exc.strerror or exc}", value=str(path)) from exc
+    try:
+        st = os.fstat(fd)
+        me = os.geteuid()
+        if st.st_uid != me:
+            raise SocketPathError(
+                f"refusing to use {_DIR} {path}: it is owned by uid {st.st_uid}, not the current user (uid {me})",
+                value=str(path),
+            )
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+    except OSError as exc:
         raise SocketPathError(
-            f"refusing to use codex_trio runtime directory {path}: it exists and is not a directory",
-            value=str(path),
-        )
+            f"cannot restrict {_DIR} {path} to mode 0700: {exc.strerror or exc}", value=str(path)
+        ) from exc
+    finally:
+        os.close(fd)
+
+
+def _private_subdir(parent: Path, parent_mode: int, *, create: bool) -> tuple[Path, str]:
+    """Our private subdirectory in the shared directory ``parent`` (which is not touched)."""
+    sub = parent / private_dir_name()
+    shared = f"{parent} is shared (mode {parent_mode:04o})"
+    refusing = f"refusing to use {sub}, the private directory of this user in the shared directory {parent}"
+    created = False
+    if create:
+        try:
+            os.mkdir(sub, 0o700)
+            created = True
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise SocketPathError(
+                f"{shared} and codex_trio cannot create its private subdirectory {sub} there: "
+                f"{exc.strerror or exc}; configure a directory of your own",
+                value=str(parent),
+            ) from exc
+    else:
+        try:
+            os.lstat(sub)
+        except FileNotFoundError:
+            return sub, f"{shared}: its private subdirectory {sub} will be created with mode 0700"
+    st = _lstat(sub)
+    _check_is_directory(sub, st, refusing)
     me = os.geteuid()
     if st.st_uid != me:
         raise SocketPathError(
-            f"refusing to use codex_trio runtime directory {path}: it is owned by uid {st.st_uid}, "
-            f"not the current user (uid {me})",
-            value=str(path),
+            f"{refusing}: it is owned by uid {st.st_uid}, not the current user (uid {me}); someone else created "
+            f"it, possibly to get at what codex_trio keeps there; remove it or configure another directory",
+            value=str(sub),
         )
-    if st.st_mode & 0o077:
-        try:
-            os.chmod(path, 0o700)
-        except OSError as exc:
-            raise SocketPathError(
-                f"cannot restrict codex_trio runtime directory {path} to mode 0700: {exc.strerror or exc}"
-            ) from exc
-    return path
+    mode = stat.S_IMODE(st.st_mode)
+    if create:
+        _make_private(sub)
+    if created:
+        return sub, f"{shared}: its private subdirectory {sub} was created with mode 0700"
+    tightened = f" (its mode {mode:04o} is tightened to 0700)" if mode != 0o700 else ""
+    return sub, f"{shared}: its private subdirectory {sub} is used{tightened}"
 
 
 def allocate_socket_path(socket_dir: Path, runtime_id: str) -> Path:

@@ -7,6 +7,14 @@
 plus :func:`memory_message_stream_pair` for in-process tests. Every implementation reports a closed peer as
 :class:`~codex_trio.ConnectionLost` and an oversize frame or line as :class:`~codex_trio.FrameTooLarge`, so the
 connection above never sees a transport-specific exception.
+
+Every socket we open is closed by us, never left to the garbage collector. trio-websocket alone does not manage
+that: its ``aclose()`` returns at once on a connection the peer already closed (codex never sends a close frame,
+it drops the socket), without closing the underlying stream; and a peer that answers the upgrade with an HTTP
+error, with garbage, or by closing, makes its reader task crash the caller's nursery or leaves the upgrade waiting
+forever. So the socket is wrapped in :class:`_OwnedStream` (closed once, by whoever gets there first: our
+``aclose()``, trio-websocket, or the end of its reader task), and the upgrade runs in a task of ours that turns
+every way it can fail into one :class:`~codex_trio.ConnectionLost`.
 """
 
 from __future__ import annotations
@@ -14,11 +22,15 @@ from __future__ import annotations
 import errno
 import os
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Protocol
+from urllib.parse import urlsplit
 
+import h11
 import trio
 import trio_websocket
+import wsproto.utilities
 
 from ._errors import ConnectionLost, FrameTooLarge, TransportError
 
@@ -47,6 +59,11 @@ _NDJSON_READ: Final = 64 * 1024
 _WS_CLOSE_WAIT: Final = 0.05
 #: A reader draining queued WebSocket messages yields to the scheduler once per this many.
 _WS_YIELD_EVERY: Final = 64
+
+
+def _oversize_reason(limit: int) -> str:
+    """trio-websocket's close reason (code 1009) when a received message is over ``limit``."""
+    return f"Exceeded maximum message size: {limit} bytes"
 
 
 class MessageStream(Protocol):
@@ -137,8 +154,79 @@ def _make_eager(ws: trio_websocket.WebSocketConnection) -> trio.MemoryReceiveCha
     return receive
 
 
+#: What trio-websocket's reader task raises when the peer does not complete the upgrade: an HTTP answer other
+#: than 101 (``ConnectionRejected``), bytes that are not HTTP (wsproto's errors, and h11's: trio-websocket then
+#: tries to send wsproto's suggested HTTP error response, which a client may not send), or a dead socket.
+_UPGRADE_FAILURES: Final = (
+    trio_websocket.HandshakeError,
+    trio_websocket.ConnectionClosed,
+    wsproto.utilities.ProtocolError,
+    h11.ProtocolError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    OSError,
+)
+
+
+class _OwnedStream(trio.abc.Stream):
+    """The socket under a client WebSocket: closed exactly once, by us, and watched during the upgrade.
+
+    trio-websocket closes its stream only on some paths (never after the peer dropped the connection), so we
+    keep this handle and close it ourselves; a second close, from trio-websocket or from us, is a no-op. The
+    close is shielded, because a socket left open by a cancelled ``aclose`` is exactly the leak this prevents.
+
+    ``on_gone`` (set only while the upgrade is under way) is called when the stream ends: end of file, an I/O
+    error, or a close. trio-websocket's upgrade would otherwise wait forever for a 101 response after its reader
+    task has given up on such a stream.
+    """
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self._closed = False
+        self.on_gone: Callable[[], None] | None = None
+
+    def _gone(self) -> None:
+        callback = self.on_gone
+        if callback is not None:
+            callback()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self._gone()
+            raise
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self._stream.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self._gone()
+            raise
+        if not data:
+            self._gone()
+        return data
+
+    async def aclose(self) -> None:
+        self._gone()
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            await self._stream.aclose()
+
+
 class WebSocketMessageStream:
-    """A :class:`MessageStream` over a trio-websocket connection."""
+    """A :class:`MessageStream` over a trio-websocket connection.
+
+    ``transport`` is the stream under ``ws`` when we opened it: :meth:`aclose` closes it too, because
+    trio-websocket's own ``aclose`` leaves it open when the peer closed first. Without it (a server-side
+    connection handed over by trio-websocket's server, which owns its stream) only ``ws`` is closed.
+    """
 
     def __init__(
         self,
@@ -147,10 +235,12 @@ class WebSocketMessageStream:
         max_message_size: int,
         *,
         eager: bool = False,
+        transport: trio.abc.AsyncResource | None = None,
     ) -> None:
         self._ws = ws
         self.description = description
         self._max = max_message_size
+        self._transport = transport
         # With ``eager``, messages already queued by trio-websocket are taken without a full checkpoint each.
         self._queued = _make_eager(ws) if eager else None
         self._unyielded = 0
@@ -159,7 +249,9 @@ class WebSocketMessageStream:
         try:
             await self._ws.send_message(message)
         except trio_websocket.ConnectionClosed as exc:
-            raise self._lost(exc) from None
+            # Always ConnectionLost, as the protocol says: a 1009 close here is an oversize frame *received*
+            # earlier (ours, reported once by receive_message) or refused by the peer, never this message.
+            raise self._closed(exc) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ConnectionLost(f"{self.description}: send failed: {exc}") from None
 
@@ -185,18 +277,31 @@ class WebSocketMessageStream:
             raise self._lost(exc) from None
 
     def _lost(self, exc: trio_websocket.ConnectionClosed) -> ConnectionLost | FrameTooLarge:
+        # 1009 is FrameTooLarge when trio-websocket closed because a message to us was over *our* limit: its
+        # close reason then names that limit. The same code from the peer (whose reason is what we see on that
+        # side) says that one of ours was too big for it: then the connection is simply lost. A peer with the
+        # very same limit is indistinguishable, and reported as too large a frame.
         reason = exc.reason
-        code = getattr(reason, "code", None)
-        if code == 1009:
+        if getattr(reason, "code", None) == 1009 and getattr(reason, "reason", None) == _oversize_reason(self._max):
             return FrameTooLarge(self._max + 1, self._max, "WebSocket message")
-        text = getattr(reason, "reason", None)
+        return self._closed(exc)
+
+    def _closed(self, exc: trio_websocket.ConnectionClosed) -> ConnectionLost:
+        code = getattr(exc.reason, "code", None)
+        text = getattr(exc.reason, "reason", None)
         return ConnectionLost(f"{self.description} closed (code {code}{': ' + text if text else ''})")
 
     async def aclose(self) -> None:
-        # A polite close waits for the peer's close frame, and codex never sends one (it drops the socket:
-        # 1006), so wait only briefly; the socket is closed either way.
-        with trio.CancelScope(shield=True), trio.move_on_after(_WS_CLOSE_WAIT):
-            await self._ws.aclose()
+        """Close the WebSocket and its socket; idempotent, shielded, and never longer than a short bound.
+
+        A polite close waits for the peer's close frame, and codex never sends one (it drops the socket: 1006),
+        so that wait is cut short; then the socket is closed by us whatever state trio-websocket is in.
+        """
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(_WS_CLOSE_WAIT):
+                await self._ws.aclose()
+            if self._transport is not None:
+                await self._transport.aclose()
 
 
 async def connect_unix_websocket(
@@ -207,7 +312,11 @@ async def connect_unix_websocket(
 ) -> WebSocketMessageStream:
     """Open a WebSocket over the Unix socket at ``path``; its reader task runs in ``nursery``.
 
-    No extensions are offered (the original warned that codex once rejected permessage-deflate).
+    Raises :class:`~codex_trio.ConnectionLost` when nothing accepts on ``path`` or the peer fails the upgrade
+    (an HTTP error, bytes that are not HTTP, a close); the socket is closed before it is raised, and nothing is
+    left in ``nursery``. A peer that accepts and then says nothing keeps the upgrade waiting: bound the call
+    with a deadline (cancelling it closes the socket too). No extensions are offered (the original warned that
+    codex once rejected permessage-deflate).
     """
     target = unix_connect_path(path)
     try:
@@ -221,42 +330,130 @@ async def connect_unix_websocket(
 async def connect_tcp_websocket(
     nursery: trio.Nursery, url: str, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 ) -> WebSocketMessageStream:
-    """Open ``ws://HOST:PORT`` (an app-server started elsewhere with ``--listen ws://...``)."""
+    """Open ``ws://HOST:PORT[/PATH]`` (an app-server started elsewhere with ``--listen ws://...``).
+
+    Fails like :func:`connect_unix_websocket`. The TCP stream is opened here rather than by trio-websocket, so
+    that every failure path closes it.
+    """
     if not url.startswith("ws://"):
         raise TransportError(f"only ws:// URLs are supported (got {url!r})")
     try:
-        ws = await trio_websocket.connect_websocket_url(
-            nursery,
-            url,
-            message_queue_size=_WS_QUEUE,
-            max_message_size=max_message_size,
-            receive_buffer_size=_WS_RECEIVE_BYTES,
-        )
-    except (OSError, trio_websocket.HandshakeError) as exc:
-        raise ConnectionLost(f"cannot open {url}: {exc}") from None
-    return WebSocketMessageStream(ws, f"app-server at {url}", max_message_size, eager=True)
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or 80
+    except ValueError as exc:
+        raise TransportError(f"not a valid ws:// URL ({exc}): {url!r}") from None
+    if not host:
+        raise TransportError(f"the ws:// URL names no host: {url!r}")
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        stream = await trio.open_tcp_stream(host, port)
+    except OSError as exc:
+        raise ConnectionLost(f"cannot open {url}: {exc.strerror or exc}") from None
+    host_header = parts.netloc.rpartition("@")[2]  # keeps the port and an IPv6 address's brackets
+    return await _wrap_client(
+        nursery, stream, f"app-server at {url}", max_message_size, host=host_header, resource=resource
+    )
 
 
 async def _wrap_client(
-    nursery: trio.Nursery, stream: trio.SocketStream, description: str, max_message_size: int
+    nursery: trio.Nursery,
+    stream: trio.abc.Stream,
+    description: str,
+    max_message_size: int,
+    *,
+    host: str = "localhost",
+    resource: str = "/",
 ) -> WebSocketMessageStream:
+    """Run the WebSocket upgrade on ``stream``; its reader task ends up in ``nursery``.
+
+    Whatever happens (an upgrade failure, a cancellation, a closed nursery), ``stream`` is closed before this
+    raises.
+    """
+    owned = _OwnedStream(stream)
     try:
-        ws = await trio_websocket.wrap_client_stream(
-            nursery,
-            stream,
-            "localhost",
-            "/",
-            message_queue_size=_WS_QUEUE,
-            max_message_size=max_message_size,
-            receive_buffer_size=_WS_RECEIVE_BYTES,
+        ws: WebSocketMessageStream = await nursery.start(
+            _run_client_websocket, owned, host, resource, description, max_message_size
         )
-    except trio_websocket.HandshakeError as exc:
-        await stream.aclose()
-        raise ConnectionLost(f"{description}: WebSocket handshake failed: {exc!r}") from None
-    except (OSError, trio.BrokenResourceError) as exc:
-        await stream.aclose()
-        raise ConnectionLost(f"{description}: WebSocket handshake failed: {exc}") from None
-    return WebSocketMessageStream(ws, description, max_message_size, eager=True)
+    except BaseException:
+        await owned.aclose()
+        raise
+    return ws
+
+
+async def _run_client_websocket(
+    owned: _OwnedStream,
+    host: str,
+    resource: str,
+    description: str,
+    max_message_size: int,
+    *,
+    task_status: trio.TaskStatus[WebSocketMessageStream],
+) -> None:
+    """Upgrade ``owned`` to a WebSocket, report it, then host trio-websocket's reader task until it ends.
+
+    trio-websocket's reader task does the upgrade, and fails it in ways its caller cannot catch: an HTTP error
+    or garbage makes it raise into the nursery it was started in, and a peer that closes leaves
+    ``wrap_client_stream`` waiting for a 101 forever. So it runs in a nursery of ours, where those exceptions
+    become one :class:`ConnectionLost` (raised from ``nursery.start``, so the caller's nursery never sees
+    them), and the end of the stream during the upgrade cancels the wait. Once the reader task ends, the socket
+    is useless and is closed at once, whether or not the stream's owner ever calls ``aclose``.
+    """
+    upgraded = False
+    try:
+        async with trio.open_nursery() as reader_nursery:
+            with trio.CancelScope() as upgrade:
+                owned.on_gone = upgrade.cancel
+                ws = await trio_websocket.wrap_client_stream(
+                    reader_nursery,
+                    owned,  # type: ignore[arg-type]  # annotated SocketStream, documented (and used) as any Stream
+                    host,
+                    resource,
+                    message_queue_size=_WS_QUEUE,
+                    max_message_size=max_message_size,
+                    receive_buffer_size=_WS_RECEIVE_BYTES,
+                )
+            owned.on_gone = None
+            if upgrade.cancelled_caught:
+                reader_nursery.cancel_scope.cancel()
+            else:
+                upgraded = True
+                stream = WebSocketMessageStream(ws, description, max_message_size, eager=True, transport=owned)
+                task_status.started(stream)
+    except BaseExceptionGroup as group:
+        if upgraded:
+            raise
+        failures, rest = group.split(_UPGRADE_FAILURES)
+        if failures is None or rest is not None:
+            raise
+        raise ConnectionLost(
+            f"{description}: WebSocket upgrade failed: {_describe_failure(failures)}; "
+            f"is something other than codex app-server listening there?"
+        ) from None
+    finally:
+        owned.on_gone = None
+        await owned.aclose()
+    if not upgraded:
+        raise ConnectionLost(f"{description}: the peer closed the connection during the WebSocket upgrade")
+
+
+def _describe_failure(group: BaseExceptionGroup[BaseException]) -> str:
+    """One line for the first failure in ``group``: what the peer answered, or what went wrong."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        body = (exc.body or b"")[:200].decode("utf-8", "replace").strip()
+        return f"the server answered HTTP {exc.status_code} instead of 101{': ' + body if body else ''}"
+    if isinstance(exc, (wsproto.utilities.ProtocolError, h11.ProtocolError)):
+        # trio-websocket's failed attempt to answer bad input hides the input's own error in the context chain;
+        # the innermost remote error says what the peer sent (h11: "illegal status line: ...").
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, (wsproto.utilities.RemoteProtocolError, h11.RemoteProtocolError)):
+                exc = cause
+            cause = cause.__context__
+        return f"the answer is not a valid WebSocket upgrade response ({exc})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 # --- NDJSON ---------------------------------------------------------------------------------------------------

@@ -14,8 +14,10 @@ throw-away ``CODEX_HOME``. Results go to stdout; progress and notices go to stde
 scripts. On a terminal the agent's text streams in live with a little colour; piped, output is plain lines;
 ``--json`` gives machine-readable output.
 
-Exit status: 0 success, 1 failure (a failed turn, a runtime error, a doctor finding), 2 bad arguments,
-130 interrupted.
+Exit status: 0 success, 1 failure (a failed turn, a runtime error, a doctor finding), 2 bad arguments, and
+128 + the signal's number when stopped by one: 130 SIGINT (Ctrl-C), 143 SIGTERM, 129 SIGHUP. The first of
+these signals stops the command cleanly (the runtime stops and reaps its codex child); a second one while it
+stops does not wait (see :func:`codex_trio.stop_on_signals`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -54,9 +57,10 @@ from ._events import (
     TurnCompleted,
 )
 from ._launcher import default_base_dir
-from ._ledger import Settlement
+from ._settlement import Settlement
 from ._render import ChannelInput
 from ._runtime import Runtime, open_runtime
+from ._signals import stop_on_signals
 from ._state import MemoryStateStore, RuntimeRecord, Snapshot, SqliteStateStore, StateStore, StoredSettlement
 from ._util import collapse_exception_groups
 from .testing._mock_model import MockModelServer, Step, Text, write_codex_home
@@ -76,6 +80,14 @@ OFFLINE_NOTE: Final = "the bundled scripted model (canned replies; it does not r
 
 class UsageError(Exception):
     """A bad argument found after argparse accepted the command line: exit status 2, like argparse's own."""
+
+
+class StoppedBySignal(Exception):
+    """A stop signal ended the command after a clean stop: exit status 128 + its number."""
+
+    def __init__(self, signum: signal.Signals) -> None:
+        super().__init__(signum.name)
+        self.signum = signum
 
 
 def default_db_path() -> Path:
@@ -798,7 +810,13 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     async def collapsed() -> int:
         with collapse_exception_groups():  # report the error that explains a nursery's failure, not a group
-            return await handler(args, out, err)
+            # SIGTERM (a service manager), SIGHUP (a closed terminal) and SIGINT cancel the command, so its runtime
+            # leaves its `async with` block the normal way: the child is reaped and its state settled.
+            async with stop_on_signals() as stop:
+                return await handler(args, out, err)
+        if stop.received is None:  # pragma: no cover - only a signal's cancellation skips the return above
+            raise RuntimeError(f"{PROG} {args.command} ended without a result")
+        raise StoppedBySignal(stop.received)
 
     return trio.run(collapsed)
 
@@ -829,6 +847,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (CodexTrioError, OSError) as exc:
             err.line(f"{where}: error: {type(exc).__name__}: {exc}", "red")
             return EXIT_FAILED
-        except KeyboardInterrupt:
+        except StoppedBySignal as stopped:
+            how = "interrupted" if stopped.signum == signal.SIGINT else f"stopped by {stopped.signum.name}"
+            err.line(f"{where}: {how}", "yellow")
+            return 128 + int(stopped.signum)
+        except KeyboardInterrupt:  # Ctrl-C outside the stop_on_signals block, or a second one while it stops
             err.line(f"{where}: interrupted", "yellow")
             return EXIT_INTERRUPTED

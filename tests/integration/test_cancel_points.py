@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 
 from codex_trio._config import RuntimeConfig
 from codex_trio._launcher import Launched, ProcessLauncher
-from codex_trio._ledger import Settlement
+from codex_trio._settlement import Settlement
 from codex_trio._policy import RestartPolicy
 from codex_trio._process import live_pids_in_group
 from codex_trio._render import ChannelInput

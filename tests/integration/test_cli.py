@@ -26,7 +26,7 @@ from codex_trio._events import (
     ThreadReady,
     TurnCompleted,
 )
-from codex_trio._ledger import Settlement
+from codex_trio._settlement import Settlement
 from codex_trio._state import LostThread, SqliteStateStore, StoredSettlement, StoredSubmission
 from codex_trio.cli import Console, LiveView, main
 

@@ -11,10 +11,12 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,13 @@ from codex_trio._completions import Completion, build_completion_item, spill_pat
 from codex_trio._config import McpServer
 from codex_trio._errors import ConfigError, SocketPathError
 from codex_trio._events import Restarting
-from codex_trio._paths import ensure_owner_only_dir
+from codex_trio._paths import (
+    SOCKET_PATH_BUDGET,
+    allocate_socket_path,
+    ensure_owner_only_dir,
+    path_bytes,
+    plan_owner_only_dir,
+)
 from codex_trio._process import live_pids_in_group, log_paths
 
 PACKAGE_DIR = Path(codex_trio.__file__).resolve().parent
@@ -107,21 +115,172 @@ def umask_zero() -> Iterator[None]:
 
 
 # --- owner-only directories ----------------------------------------------------------------------------------
+#
+# The rule: a directory we create is 0700; an existing directory is never chmod-ed unless it is ours by creation or
+# by name and owner; a shared one (world- or group-writable, or sticky) gets a private subdirectory instead.
 
 
-def test_new_directory_is_created_0700_even_with_no_umask(tmp_path: Path, umask_zero: None) -> None:
+def private_name() -> str:
+    return f"codex-trio-{os.geteuid()}"
+
+
+def test_new_directory_and_its_new_parents_are_created_0700_even_with_no_umask(
+    tmp_path: Path, umask_zero: None
+) -> None:
     target = tmp_path / "a" / "b" / "sockets"
-    ensure_owner_only_dir(target)
-    assert mode(target) == 0o700
+    assert ensure_owner_only_dir(target) == target
+    for created in (tmp_path / "a", tmp_path / "a" / "b", target):
+        assert mode(created) == 0o700, created
+    assert ensure_owner_only_dir(target) == target  # the second time, the same directory
 
 
-@pytest.mark.parametrize("loose", [0o755, 0o777, 0o750, 0o701])
-def test_permissive_directory_is_tightened(tmp_path: Path, loose: int) -> None:
+@pytest.mark.parametrize("loose", [0o755, 0o750, 0o701, 0o711], ids=oct)
+def test_a_directory_of_ours_that_others_can_enter_is_refused_not_chmodded(tmp_path: Path, loose: int) -> None:
     target = tmp_path / "sockets"
     target.mkdir()
     target.chmod(loose)
-    ensure_owner_only_dir(target)
-    assert mode(target) == 0o700
+    with pytest.raises(SocketPathError, match=rf"its mode is {loose:04o}.*chmod 700 {re.escape(str(target))}"):
+        ensure_owner_only_dir(target)
+    assert mode(target) == loose
+    assert list(target.iterdir()) == []
+
+
+@pytest.mark.parametrize("shared", [0o1777, 0o777, 0o770, 0o2775, 0o1755], ids=oct)
+def test_shared_directory_keeps_its_mode_and_gets_a_private_subdirectory(
+    tmp_path: Path, umask_zero: None, shared: int
+) -> None:
+    target = tmp_path / "shared"
+    target.mkdir()
+    target.chmod(shared)
+    used = ensure_owner_only_dir(target)
+    assert used == target / private_name()
+    assert mode(target) == shared  # the sticky bit (and every other bit) kept
+    assert mode(used) == 0o700
+    assert ensure_owner_only_dir(target) == used  # reused
+    assert ensure_owner_only_dir(used) == used  # and stable when given back
+    assert mode(target) == shared
+
+
+@pytest.fixture
+def tmp_cannot_be_chmodded(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """``/tmp``, guarded: a chmod of it (by path or descriptor) fails the test instead of happening.
+
+    Without this a regression run as root would break ``/tmp`` for the whole machine; the mode is also put back
+    afterwards, should anything get past the guard.
+    """
+    tmp = Path("/tmp")
+    before = os.lstat(tmp)
+    guarded = (before.st_dev, before.st_ino)
+    real_chmod, real_fchmod = os.chmod, os.fchmod
+
+    def chmod(path: Any, bits: int, *args: Any, **kwargs: Any) -> None:
+        if isinstance(path, int):
+            return fchmod(path, bits)
+        try:
+            st = os.stat(path, follow_symlinks=kwargs.get("follow_symlinks", True))
+        except OSError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) == guarded:
+            raise AssertionError(f"chmod {bits:o} of /tmp attempted")
+        return real_chmod(path, bits, *args, **kwargs)
+
+    def fchmod(fd: int, bits: int) -> None:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == guarded:
+            raise AssertionError(f"fchmod {bits:o} of /tmp attempted")
+        return real_fchmod(fd, bits)
+
+    monkeypatch.setattr(os, "chmod", chmod)
+    monkeypatch.setattr(os, "fchmod", fchmod)
+    try:
+        yield tmp
+    finally:
+        monkeypatch.undo()
+        if os.lstat(tmp).st_mode != before.st_mode:
+            os.chmod(tmp, stat.S_IMODE(before.st_mode))
+
+
+def test_tmp_itself_as_socket_dir_is_untouched(tmp_cannot_be_chmodded: Path) -> None:
+    tmp = tmp_cannot_be_chmodded
+    before = os.lstat(tmp)
+    private = tmp / private_name()
+    existed = os.path.lexists(private)
+    try:
+        used = ensure_owner_only_dir(tmp)
+        assert used == private
+        after = os.lstat(tmp)
+        assert (after.st_mode, after.st_uid, after.st_gid) == (before.st_mode, before.st_uid, before.st_gid)
+        assert mode(used) == 0o700 and os.lstat(used).st_uid == os.geteuid()
+        socket_path = allocate_socket_path(used, "a-runtime-id-of-thirty-two-chars")
+        assert socket_path.parent == used and path_bytes(socket_path) <= SOCKET_PATH_BUDGET
+    finally:
+        if not existed:
+            try:
+                private.rmdir()  # ours, made by this test; kept if something else started using it meanwhile
+            except OSError:
+                pass
+
+
+def test_our_private_directory_with_wider_bits_is_tightened(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    ours = shared / private_name()
+    ours.mkdir()
+    ours.chmod(0o755)
+    assert ensure_owner_only_dir(shared) == ours
+    assert mode(ours) == 0o700
+    # Given directly, a directory named like ours and owned by us is ours too.
+    direct = tmp_path / private_name()
+    direct.mkdir()
+    direct.chmod(0o1777)
+    assert ensure_owner_only_dir(direct) == direct
+    assert mode(direct) == 0o700
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a directory owned by another user needs root")
+def test_foreign_owned_private_subdirectory_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    planted = shared / private_name()
+    planted.mkdir(mode=0o777)
+    os.chown(planted, 65534, 65534)
+    planted.chmod(0o777)
+    with pytest.raises(SocketPathError, match=r"owned by uid 65534, not the current user.*remove it") as info:
+        ensure_owner_only_dir(shared)
+    assert str(planted) in str(info.value)
+    assert mode(shared) == 0o1777 and mode(planted) == 0o777  # nothing of theirs changed either
+    assert os.lstat(planted).st_uid == 65534
+
+
+def test_shared_directory_of_another_user_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Root's shared directories (/tmp) are trusted; another user's are not: its owner can replace our entries.
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    theirs.chmod(0o1777)
+    if os.geteuid() == 0:
+        os.chown(theirs, 65534, 65534)
+    else:
+        monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 4242)
+    with pytest.raises(SocketPathError, match=r"owned by uid \d+, not the current user.*could replace"):
+        ensure_owner_only_dir(theirs)
+    assert mode(theirs) == 0o1777
+    assert list(theirs.iterdir()) == []
+
+
+def test_symlinked_private_subdirectory_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    elsewhere.chmod(0o755)
+    (shared / private_name()).symlink_to(elsewhere)
+    with pytest.raises(SocketPathError, match="symlink"):
+        ensure_owner_only_dir(shared)
+    assert mode(elsewhere) == 0o755
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_symlinked_directory_is_refused(tmp_path: Path) -> None:
@@ -144,10 +303,46 @@ def test_dangling_symlink_is_refused_and_nothing_is_created_behind_it(tmp_path: 
 def test_foreign_owned_directory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "theirs"
     target.mkdir(mode=0o755)
+    target.chmod(0o755)
     monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 4242)
     with pytest.raises(SocketPathError, match=r"owned by uid \d+, not the current user"):
         ensure_owner_only_dir(target)
     assert mode(target) == 0o755  # refused, not "fixed": we do not touch someone else's directory
+    assert list(target.iterdir()) == []
+
+
+def test_plan_says_what_ensure_would_do_without_doing_it(tmp_path: Path) -> None:
+    missing = tmp_path / "missing" / "sockets"
+    assert plan_owner_only_dir(missing) == (missing, f"{missing} will be created with mode 0700")
+    assert not (tmp_path / "missing").exists()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    planned, why = plan_owner_only_dir(shared)
+    assert planned == shared / private_name() and "will be created" in why
+    assert list(shared.iterdir()) == []
+    assert ensure_owner_only_dir(shared) == planned
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o755)
+    with pytest.raises(SocketPathError, match="its mode is 0755"):
+        plan_owner_only_dir(loose)
+
+
+def test_a_private_subdirectory_can_push_the_socket_path_over_the_budget() -> None:
+    # The budget is checked on the directory actually used: callers allocate in what ensure_owner_only_dir returns.
+    base = Path(tempfile.mkdtemp(prefix="ctr-hyb-"))
+    try:
+        room = SOCKET_PATH_BUDGET - path_bytes(base / "x" / "rt-12345678.sock")
+        shared = base / ("s" * (room - len(private_name()) // 2))  # fits by itself, not with the subdirectory
+        shared.mkdir()
+        shared.chmod(0o1777)
+        allocate_socket_path(shared, "rt")  # the configured directory alone would fit
+        used = ensure_owner_only_dir(shared)
+        with pytest.raises(SocketPathError, match="shorter socket_dir"):
+            allocate_socket_path(used, "rt")
+    finally:
+        shutil.rmtree(base)
 
 
 # --- spill files -----------------------------------------------------------------------------------------------
@@ -167,10 +362,9 @@ def test_spill_file_is_0600_in_a_0700_directory(tmp_path: Path, umask_zero: None
     assert mode(spill_dir) == 0o700
 
 
-def test_spill_into_permissive_directory_over_a_loose_file_tightens_both(tmp_path: Path) -> None:
+def test_spill_over_a_loose_file_tightens_the_file(tmp_path: Path) -> None:
     spill_dir = tmp_path / "spill"
-    spill_dir.mkdir()
-    spill_dir.chmod(0o777)
+    spill_dir.mkdir(mode=0o700)
     old = Path(spill_path(spill_dir, _completion()))
     old.write_text("stale")
     old.chmod(0o644)
@@ -178,6 +372,24 @@ def test_spill_into_permissive_directory_over_a_loose_file_tightens_both(tmp_pat
     assert mode(spill_dir) == 0o700
     assert mode(old) == 0o600
     assert old.read_text() == _completion().result
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_completions must spill into the directory ensure_owner_only_dir returns, and stop chmod-ing the "
+    "configured one itself",
+)
+def test_shared_spill_directory_keeps_its_mode_and_gets_a_private_subdirectory(tmp_path: Path) -> None:
+    spill_dir = tmp_path / "spill"
+    spill_dir.mkdir()
+    spill_dir.chmod(0o1777)
+    item = build_completion_item(_completion(), spill_dir, budget=8)
+    assert mode(spill_dir) == 0o1777
+    written = Path(spill_path(spill_dir / private_name(), _completion()))
+    assert str(written) in item["content"][0]["text"]
+    assert written.read_text() == _completion().result
+    assert mode(written) == 0o600
+    assert mode(written.parent) == 0o700
 
 
 def test_small_result_touches_no_disk(tmp_path: Path) -> None:
@@ -222,11 +434,9 @@ def test_foreign_owned_spill_directory_is_refused(tmp_path: Path, monkeypatch: p
 async def test_runtime_makes_socket_and_log_dirs_0700_and_logs_0600(tmp_path: Path) -> None:
     cfg = child_config(tmp_path, "perm")
     assert cfg.socket_dir is not None and cfg.log_dir is not None
-    cfg.socket_dir.mkdir(mode=0o755, exist_ok=True)
-    cfg.socket_dir.chmod(0o755)  # a permissive directory left by someone: tightened, not trusted as is
+    assert not cfg.socket_dir.exists()  # created by the runtime, with no umask to help
     stdout_log, stderr_log = log_paths(cfg.log_dir, cfg.runtime_id)
-    stdout_log.parent.mkdir(parents=True)
-    stdout_log.parent.chmod(0o755)
+    stdout_log.parent.mkdir(parents=True, mode=0o700)
     stderr_log.write_text("an older generation's line\n")  # not empty, so it survives the stop
     stderr_log.chmod(0o644)  # left by an older, laxer version
     launcher = codex_trio.ProcessLauncher(cfg)
@@ -249,7 +459,7 @@ async def test_runtime_makes_socket_and_log_dirs_0700_and_logs_0600(tmp_path: Pa
     assert_nothing_left(launcher, cfg.socket_dir)
 
 
-@pytest.mark.parametrize("problem", ["symlink", "foreign"])
+@pytest.mark.parametrize("problem", ["symlink", "foreign", "loose"])
 async def test_runtime_refuses_an_unsafe_socket_dir_before_spawning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, problem: str
 ) -> None:
@@ -259,10 +469,14 @@ async def test_runtime_refuses_an_unsafe_socket_dir_before_spawning(
     if problem == "symlink":
         socket_dir.symlink_to(real)
         expected = "symlink"
-    else:
+    elif problem == "foreign":
         socket_dir.mkdir(mode=0o700)
         monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 4242)
         expected = "owned by uid"
+    else:
+        socket_dir.mkdir()
+        socket_dir.chmod(0o755)  # ours, but others may enter it: refused, not chmod-ed
+        expected = "its mode is 0755"
     try:
         cfg = child_config(tmp_path, problem[:3], socket_dir=socket_dir)
         launcher = codex_trio.ProcessLauncher(cfg)
@@ -270,8 +484,11 @@ async def test_runtime_refuses_an_unsafe_socket_dir_before_spawning(
             async with codex_trio.open_runtime(cfg, launcher=launcher):
                 pass  # pragma: no cover
         assert str(socket_dir) in str(info.value)
-        assert launcher.pgids == [], "nothing may be spawned into an unsafe directory"
+        assert list(launcher.pgids) == [], "nothing may be spawned into an unsafe directory"
         assert list(real.iterdir()) == []
+        if problem == "loose":
+            assert mode(socket_dir) == 0o755
+            assert list(socket_dir.iterdir()) == []
     finally:
         if socket_dir.is_symlink():
             socket_dir.unlink()

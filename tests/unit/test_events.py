@@ -23,7 +23,7 @@ from codex_trio._events import (
     TurnCompleted,
     TurnStarted,
 )
-from codex_trio._ledger import Settlement
+from codex_trio._settlement import Settlement
 
 DROPPABLE: list[Event] = [
     AgentMessageDelta("t1", "msg-1", "Hello ", 1),
