@@ -68,6 +68,17 @@ class LiveSession:
     #: set once the session's nursery has exited: no RPC task can start in it any more
     closed: bool = False
 
+    def start_soon(self, fn: Callable[..., Awaitable[None]], *args: Any) -> bool:
+        """Start an RPC task in the session's nursery; False when the session is already gone."""
+        if self.closed:
+            return False
+        try:
+            self.nursery.start_soon(fn, *args)
+        except RuntimeError:  # the nursery closed while the session was ending ("closed to new arrivals")
+            self.closed = True
+            return False
+        return True
+
 
 # -- inbox items (besides Notification and AdmitRequest) ---------------------------------------------------------
 
@@ -362,13 +373,13 @@ class Engine:
             live = self._live
             flight = _Flight()
             self._flights[action.token] = (action.submission.seq, flight)
-            if live is not None and live.generation == action.generation and not live.closed:
-                live.nursery.start_soon(self._deliver, live, action, flight)
-            # else: never sent; "session down" (on its way) puts it back at the head of the queue
+            if live is not None and live.generation == action.generation:
+                live.start_soon(self._deliver, live, action, flight)
+            # If it could not start, it was never sent: "session down" (on its way) puts it back at the queue's head.
         elif kind is Interrupt:
             live = self._live
-            if live is not None and live.generation == action.generation and not live.closed:
-                live.nursery.start_soon(self._interrupt, live, action)
+            if live is not None and live.generation == action.generation:
+                live.start_soon(self._interrupt, live, action)
         elif kind is InterruptAnswer:
             request: _InterruptRequest = action.requester
             request.result = action.interrupted

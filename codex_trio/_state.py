@@ -973,10 +973,15 @@ class SqliteStateStore:
 
     # -- plumbing ----------------------------------------------------------------------------------------
 
+    async def _offload(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run blocking ``fn(*args)`` off the Trio thread (not abandoned on cancel). Tests that need every step
+        under Trio's deterministic scheduler (Hypothesis, a virtual clock) override it to run inline."""
+        return await trio.to_thread.run_sync(fn, *args)
+
     async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         async with self._lock:
             # Not abandoned on cancel: the transaction finishes (or rolls back) before this returns.
-            return await trio.to_thread.run_sync(self._in_worker, fn)
+            return await self._offload(self._in_worker, fn)
 
     def _in_worker(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         conn = self._connect()
@@ -1210,7 +1215,7 @@ class SqliteStateStore:
             if not mine:
                 self._acquiring.add(runtime_id)
                 try:
-                    fd = await trio.to_thread.run_sync(self._try_lock, runtime_id)
+                    fd = await self._offload(self._try_lock, runtime_id)
                     if fd is not None:
                         return await self._take(runtime_id, fd)
                 finally:
@@ -1276,7 +1281,7 @@ class SqliteStateStore:
             finally:
                 # The record is for status displays; the lock is what lets the next owner in, so it goes
                 # even when the record could not be written (and then the error is raised).
-                await trio.to_thread.run_sync(_unlock, held.fd)
+                await self._offload(_unlock, held.fd)
 
     async def owner(self, runtime_id: str) -> Owner | None:
         rid = _bind(runtime_id)
@@ -1284,7 +1289,7 @@ class SqliteStateStore:
         if row is None or row[1]:
             return None  # never taken, or released
         # Recorded as held: alive only if its lock is. A crashed owner never released, but its lock died.
-        if not await trio.to_thread.run_sync(self._lock_is_held, runtime_id):
+        if not await self._offload(self._lock_is_held, runtime_id):
             return None
         # Read again: another owner may have taken over between the two reads.
         row = await self._read(lambda conn: _lease_row(conn, rid))
@@ -1310,7 +1315,7 @@ class SqliteStateStore:
                 async with self._lock:
                     conn, self._conn = self._conn, None
                     if conn is not None:
-                        await trio.to_thread.run_sync(conn.close)
+                        await self._offload(conn.close)
             if failure is not None:
                 raise failure
 
