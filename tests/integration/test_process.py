@@ -1,11 +1,13 @@
 """The app-server child's life cycle, driven with a small fake child (tests/integration/fake_child.py).
 
-These run real processes, so no autojump clock: timeouts are short real ones, and every test has a
-``trio.fail_after`` guard. Nothing asserts how long anything took.
+Tests that run real processes use no autojump clock: timeouts are short real ones, and every test has a
+``trio.fail_after`` guard. Nothing asserts how long anything took. The stop schedule is sans-IO and is tested in
+virtual time, with Hypothesis; the start-slot queue runs under the autojump clock.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -19,8 +21,7 @@ from typing import Any
 
 import pytest
 import trio
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from codex_trio._errors import (
     AppServerExited,
@@ -40,14 +41,22 @@ from codex_trio._paths import (
     sanitize_id,
 )
 from codex_trio._process import (
+    HANDLER_WAIT,
+    RETERM_INTERVAL,
+    SECOND_TERM_DELAY,
+    TERM_AFTER_CONNECTABLE,
     AppServerChild,
     ChildSpec,
+    StopSchedule,
+    acquire_start_slot,
     app_server_argv,
     describe_returncode,
     live_pids_in_group,
     log_paths,
     open_app_server,
+    start_limiter,
 )
+from codex_trio._watchdog import codex_daemon_files, remove_stale_daemon_files
 
 FAKE = str(Path(__file__).with_name("fake_child.py"))
 GUARD = 20  # seconds; a hang fails the test instead of the run
@@ -287,7 +296,7 @@ async def test_logs_non_empty_kept_empty_removed(short_dir: Path, tmp_path: Path
 
 async def test_stderr_tail_is_this_childs_own_and_bounded(short_dir: Path, tmp_path: Path) -> None:
     _, stderr_log = log_paths(tmp_path, "rt")
-    stderr_log.parent.mkdir(parents=True)
+    stderr_log.parent.mkdir(mode=0o700)
     stderr_log.write_text("old generation crashed\n")
     stderr_log.chmod(0o644)  # a lax leftover gets tightened
     noise = "".join(f"line {i}\n" for i in range(2000))
@@ -439,12 +448,14 @@ def test_owner_only_dir_created_0700(short_dir: Path) -> None:
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o700
 
 
-def test_owner_only_dir_tightens_permissive_mode(short_dir: Path) -> None:
+def test_owner_only_dir_leaves_a_shared_directory_alone(short_dir: Path) -> None:
     target = short_dir / "lax"
     target.mkdir()
     target.chmod(0o777)
-    ensure_owner_only_dir(target)
-    assert stat.S_IMODE(os.stat(target).st_mode) == 0o700
+    private = ensure_owner_only_dir(target)
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o777  # not ours to change
+    assert private == target / f"codex-trio-{os.geteuid()}"
+    assert stat.S_IMODE(os.stat(private).st_mode) == 0o700
 
 
 def test_owner_only_dir_refuses_symlink(short_dir: Path) -> None:
@@ -580,3 +591,209 @@ def test_resolve_nothing_lists_every_candidate(short_dir: Path) -> None:
     assert "CODEX_TRIO_CODEX_BIN: not set" in tried[1]
     assert str(short_dir) in tried[2] and "not found" in tried[2]
     assert "npm install @openai/codex" in str(info.value)
+
+
+# --- the stop schedule (sans-IO) ------------------------------------------------------------------------------
+
+
+def drive(
+    schedule: StopSchedule,
+    *,
+    start: float = 1000.0,
+    exit_at: float | None = None,
+    handler_at: float | None = None,
+    handler_known: bool = True,
+) -> list[tuple[float, str]]:
+    """Run ``schedule`` the way ``AppServerChild.stop`` does, in virtual time; the signals sent, with when."""
+    now = start
+    sent: list[tuple[float, str]] = []
+    for _ in range(10_000):
+        handles: bool | None = None
+        if schedule.wants_disposition(now) and handler_known:
+            handles = handler_at is not None and now >= handler_at
+        step = schedule.next(now, exited=exit_at is not None and now >= exit_at, handles_term=handles)
+        if step.signal is not None:
+            sent.append((now, step.signal.name))
+        if step.done:
+            return sent
+        assert step.wait_until >= now
+        wake = step.wait_until
+        if exit_at is not None and now < exit_at < wake:
+            wake = exit_at  # the driver waits for the exit, so it wakes at once
+        assert wake > now or step.signal is not None, "no progress"
+        now = wake
+    raise AssertionError("the schedule never finished")
+
+
+def names(sent: list[tuple[float, str]]) -> list[str]:
+    return [name for _, name in sent]
+
+
+def test_schedule_codex_mid_turn_exits_on_the_second_sigterm() -> None:
+    sent = drive(StopSchedule(grace_period=1.0), exit_at=1000.0 + SECOND_TERM_DELAY + 0.03)
+    assert names(sent) == ["SIGTERM", "SIGTERM", "SIGKILL"]
+    assert sent[1][0] - sent[0][0] == pytest.approx(SECOND_TERM_DELAY)
+    assert sent[2][0] == pytest.approx(1000.0 + SECOND_TERM_DELAY + 0.03)  # the final group SIGKILL at the exit
+
+
+def test_schedule_deaf_child_gets_repeated_sigterms_then_sigkill_after_grace() -> None:
+    sent = drive(StopSchedule(grace_period=0.5))
+    assert names(sent)[0] == names(sent)[1] == "SIGTERM"
+    assert names(sent)[-1] == "SIGKILL" and names(sent).count("SIGKILL") == 1
+    second = sent[1][0]
+    assert sent[-1][0] == pytest.approx(second + 0.5)
+    repeats = [t for t, name in sent[2:] if name == "SIGTERM"]
+    gaps = [b - a for a, b in zip([second, *repeats[:-1]], repeats, strict=True)]
+    assert repeats and gaps == pytest.approx([RETERM_INTERVAL] * len(gaps))
+
+
+def test_schedule_zero_grace_still_sends_two_sigterms() -> None:
+    assert names(drive(StopSchedule(grace_period=0.0))) == ["SIGTERM", "SIGTERM", "SIGKILL"]
+
+
+def test_schedule_waits_after_readiness_and_for_the_handler() -> None:
+    start = 1000.0
+    connectable = start - 0.001
+    sent = drive(StopSchedule(1.0, connectable_at=connectable), handler_at=connectable + 0.1, exit_at=start + 1)
+    assert sent[0] == (pytest.approx(connectable + 0.1, abs=0.006), "SIGTERM")
+    # never any handler: it gives up waiting at HANDLER_WAIT
+    sent = drive(StopSchedule(1.0, connectable_at=connectable), handler_at=None, exit_at=start + 1)
+    assert sent[0] == (pytest.approx(connectable + HANDLER_WAIT, abs=0.006), "SIGTERM")
+    # the handler was there already: only the fixed delay after readiness
+    sent = drive(StopSchedule(1.0, connectable_at=connectable), handler_at=0.0, exit_at=start + 1)
+    assert sent[0] == (pytest.approx(connectable + TERM_AFTER_CONNECTABLE), "SIGTERM")
+    # no /proc to ask: the fixed delay too
+    sent = drive(StopSchedule(1.0, connectable_at=connectable), handler_known=False, exit_at=start + 1)
+    assert sent[0] == (pytest.approx(connectable + TERM_AFTER_CONNECTABLE), "SIGTERM")
+    # long connectable: at once
+    assert drive(StopSchedule(1.0, connectable_at=start - 5), exit_at=start + 1)[0] == (start, "SIGTERM")
+
+
+def test_schedule_exited_child_gets_only_the_final_sigkill() -> None:
+    assert drive(StopSchedule(1.0, connectable_at=999.0), exit_at=0.0) == [(1000.0, "SIGKILL")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    grace=st.floats(0, 5),
+    connectable=st.none() | st.floats(-3, 0),
+    handler=st.none() | st.floats(-3, 1),
+    exit_after=st.none() | st.floats(0, 8),
+    known=st.booleans(),
+)
+def test_schedule_properties(
+    grace: float, connectable: float | None, handler: float | None, exit_after: float | None, known: bool
+) -> None:
+    start = 1000.0
+    schedule = StopSchedule(grace, connectable_at=None if connectable is None else start + connectable)
+    exit_at = None if exit_after is None else start + exit_after
+    handler_at = None if handler is None else start + handler
+    sent = drive(schedule, start=start, exit_at=exit_at, handler_at=handler_at, handler_known=known)
+    kinds = names(sent)
+    # it always ends with exactly one SIGKILL to the group, and never signals after it
+    assert kinds[-1] == "SIGKILL" and kinds.count("SIGKILL") == 1
+    terms = [t for t, name in sent if name == "SIGTERM"]
+    killed_at = sent[-1][0]
+    if exit_at is None or exit_at > killed_at:
+        # not exited: two SIGTERMs at least, then the grace period, before the SIGKILL
+        assert len(terms) >= 2
+        assert terms[1] - terms[0] == pytest.approx(SECOND_TERM_DELAY)
+        assert killed_at == pytest.approx(terms[1] + grace)
+    if terms and connectable is not None:
+        ready = start + connectable
+        assert terms[0] >= ready + TERM_AFTER_CONNECTABLE - 1e-9
+        if known and handler_at is not None and handler_at < ready + HANDLER_WAIT:
+            assert terms[0] >= handler_at - 1e-9  # never before the handler, when it comes in time
+        assert terms[0] <= max(start, ready + HANDLER_WAIT) + 1e-9  # and never waits longer than that
+    if terms and connectable is None:
+        assert terms[0] == start  # not known to be ready: at once
+
+
+# --- start slots ----------------------------------------------------------------------------------------------
+
+
+async def test_start_slot_wait_is_bounded(autojump_clock: trio.testing.MockClock) -> None:
+    limiter = start_limiter()
+    limiter.total_tokens = 1
+    await limiter.acquire_on_behalf_of("a start that hangs")
+    with pytest.raises(AppServerNotReady, match="no codex app-server start slot within"):
+        await acquire_start_slot(ready_timeout=2.0)
+    limiter.release_on_behalf_of("a start that hangs")
+    slot = await acquire_start_slot(ready_timeout=2.0)
+    assert limiter.statistics().borrowed_tokens == 1
+    slot.release()
+    slot.release()  # idempotent
+    assert limiter.statistics().borrowed_tokens == 0
+
+
+async def test_start_slots_are_fifo_and_per_run(autojump_clock: trio.testing.MockClock) -> None:
+    limiter = start_limiter()
+    assert limiter is start_limiter()
+    assert limiter.total_tokens >= 2
+    limiter.total_tokens = 1
+    order: list[int] = []
+
+    async def take(i: int) -> None:
+        slot = await acquire_start_slot(ready_timeout=10.0)
+        order.append(i)
+        await trio.sleep(1)
+        slot.release()
+
+    async with trio.open_nursery() as nursery:
+        for i in range(5):
+            nursery.start_soon(take, i)
+            await trio.sleep(0.01)
+    assert order == [0, 1, 2, 3, 4]
+
+
+async def test_open_app_server_counts_the_ready_timeout_from_the_spawn(short_dir: Path, tmp_path: Path) -> None:
+    # One slot and five children that each bind 0.5 s after their start: the last waits longer than its ready
+    # timeout for the slot, and still has the whole timeout from its own spawn.
+    start_limiter().total_tokens = 1
+    n, bind_after, ready_timeout = 5, 0.5, 1.5
+    assert (n - 1) * bind_after > ready_timeout
+    ready: list[int] = []
+
+    async def one(i: int) -> None:
+        sock = short_dir / f"{i}.sock"
+        spec = make_spec(
+            short_dir, tmp_path, "--bind-after", str(bind_after), ready_timeout=ready_timeout, socket_path=sock
+        )
+        async with open_app_server(spec) as child:
+            ready.append(child.pid)
+
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(one, i)
+    assert len(ready) == n
+
+
+# --- codex's daemon files -------------------------------------------------------------------------------------
+
+
+def test_stale_daemon_files_are_removed_live_ones_kept(short_dir: Path) -> None:
+    import socket
+
+    daemon = short_dir / "daemon"
+    daemon.mkdir()
+    ours = short_dir / "s" / "app.sock"
+    sock_path, lock_path = codex_daemon_files(ours, str(daemon))
+    assert Path(sock_path).parent == daemon and lock_path == sock_path + ".lock"
+    assert Path(sock_path).name == hashlib.sha256(os.fsencode(str(ours))).hexdigest()
+    assert codex_daemon_files(ours)[0] == f"/tmp/codex-daemon-{os.geteuid()}/{Path(sock_path).name}"
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(sock_path)
+    listener.listen(1)
+    Path(lock_path).touch()
+    try:
+        assert remove_stale_daemon_files(ours, str(daemon)) == []  # someone serves on it: not ours to touch
+        assert os.path.exists(sock_path) and os.path.exists(lock_path)
+    finally:
+        listener.close()  # now a stale socket file, like after a SIGKILL
+    assert remove_stale_daemon_files(ours, str(daemon)) == [sock_path, lock_path]
+    assert list(daemon.iterdir()) == []
+    Path(sock_path).write_text("not a socket")
+    assert remove_stale_daemon_files(ours, str(daemon)) == []  # only what codex makes
+    assert remove_stale_daemon_files(short_dir / "other.sock", str(daemon)) == []
