@@ -230,15 +230,17 @@ def _dir_error(path: str, problem: str) -> ConfigError:
     return ConfigError(f"refusing to use completion spill directory {path}: {problem}", field="spill_dir", value=path)
 
 
-def _open_owner_only_dir(path: str) -> int:
-    """Make ``path`` an owner-only (0700) directory and return an ``O_DIRECTORY`` descriptor for it.
+def _open_owner_only_dir(path: str) -> tuple[str, int]:
+    """The owner-only (0700) directory at or in ``path``, and an ``O_DIRECTORY`` descriptor for it.
 
-    The shared :func:`ensure_owner_only_dir` creates it, refuses a symlink, a non-directory or a foreign
-    owner (:class:`~codex_trio.SocketPathError`, a :class:`ConfigError`) and tightens loose modes. The
-    owner is checked again on what was actually opened (``O_NOFOLLOW``) and the file is created relative to
-    that descriptor, so swapping the path for a symlink after the check gains nothing.
+    The shared :func:`ensure_owner_only_dir` decides which directory that is (``path``, or a private
+    ``codex-trio-<euid>`` inside a shared one such as ``/tmp``, which itself is never changed), creates it, and
+    refuses a symlink, a non-directory, a foreign owner or a private directory others can read
+    (:class:`~codex_trio.SocketPathError`, a :class:`ConfigError`). The owner and mode are checked again on what
+    was actually opened (``O_NOFOLLOW``) and the file is created relative to that descriptor, so swapping the
+    path for a symlink after the check gains nothing.
     """
-    ensure_owner_only_dir(Path(path))
+    path = os.fspath(ensure_owner_only_dir(Path(path)))
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
@@ -251,11 +253,11 @@ def _open_owner_only_dir(path: str) -> int:
         if st.st_uid != me:
             raise _dir_error(path, f"it is owned by uid {st.st_uid}, not the current user (uid {me})")
         if st.st_mode & 0o077:
-            os.fchmod(fd, 0o700)
+            raise _dir_error(path, f"its mode is {st.st_mode & 0o777:o}, not 700: others could read spilled results")
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return path, fd
 
 
 def _write_private_file(dir_fd: int, name: str, data: bytes) -> None:
@@ -282,9 +284,8 @@ def resolve_completion_body(completion: Completion, spill_dir: str | os.PathLike
     """
     if not needs_spill(completion.result, budget):
         return completion.result
-    directory = os.path.normpath(os.fspath(spill_dir))
     name = spill_file_name(completion.source, completion.id)
-    dir_fd = _open_owner_only_dir(directory)
+    directory, dir_fd = _open_owner_only_dir(os.path.normpath(os.fspath(spill_dir)))
     try:
         _write_private_file(dir_fd, name, _encode_like_node(completion.result))
     finally:

@@ -37,14 +37,24 @@ from ._config import RuntimeConfig
 from ._errors import BinaryNotFound, CodexTrioError
 from ._events import AgentMessageDelta, Event, Restarting, StatusChanged, SubmissionSettled
 from ._launcher import ProcessLauncher
-from ._settlement import Settlement
 from ._paths import resolve_codex_bin
 from ._policy import RestartPolicy
 from ._render import ChannelInput
 from ._runtime import Runtime, open_runtime
+from ._settlement import Settlement
+from ._signals import stop_on_signals
 from ._state import SqliteStateStore
 from ._util import collapse_exception_groups
-from .cli import EXIT_FAILED, EXIT_OK, Console, LiveView, Progress, format_duration, short_temp_root
+from .cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Console,
+    LiveView,
+    Progress,
+    StoppedBySignal,
+    format_duration,
+    short_temp_root,
+)
 from .testing._mock_model import Hang, MockModelServer, Text, write_codex_home
 
 __all__ = ["DemoFailed", "DemoReport", "run_demo", "run_demo_command"]
@@ -313,7 +323,7 @@ class _Demo:
                 self.say(f"submit(source_id={source_id!r}, {when}) again -> duplicate", "yellow")
             stats = runtime.statistics()
             _expect(
-                stats["queued"] == 0 and stats["in_flight"] == 0 and len(self.model.requests) == before,
+                stats.queued == 0 and stats.in_flight == 0 and len(self.model.requests) == before,
                 "a duplicate reached codex",
             )
             self.say("neither reached codex: the dedup window belongs to the runtime, not to one app-server")
@@ -377,8 +387,17 @@ def run_demo_command(args: argparse.Namespace, out: Console, err: Console) -> in
         err.line(f"codex-trio demo: error: {exc}", "red")
         err.line("codex-trio demo: `./dev demo` installs codex 0.169.0 into .codex-npm and runs this demo with it")
         return EXIT_FAILED
+
+    async def stoppable() -> None:
+        # SIGTERM/SIGHUP stop the demo as Ctrl-C does: its runtime leaves its block, the child is reaped.
+        async with stop_on_signals() as stop:
+            await run_demo(codex_bin, out)
+            return
+        if stop.received is not None:
+            raise StoppedBySignal(stop.received)
+
     try:
-        trio.run(run_demo, codex_bin, out)
+        trio.run(stoppable)
     except CodexTrioError as exc:
         out.end_partial()
         err.line(f"codex-trio demo: FAILED: {type(exc).__name__}: {exc}", "red", "bold")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import subprocess
 import tomllib
 from collections.abc import Mapping
@@ -27,7 +26,7 @@ import trio
 
 from ._config import RuntimeConfig, child_env
 from ._errors import BinaryNotFound, SocketPathError
-from ._paths import allocate_socket_path, default_socket_dir, resolve_codex_bin
+from ._paths import allocate_socket_path, default_socket_dir, plan_owner_only_dir, resolve_codex_bin
 
 __all__ = [
     "MIN_CODEX_VERSION",
@@ -296,9 +295,10 @@ def _check_auth(home: Path, parsed: dict[str, Any] | None, env: Mapping[str, str
 
 def _check_socket_dir(config: RuntimeConfig) -> list[Finding]:
     directory = config.socket_dir if config.socket_dir is not None else default_socket_dir()
-    findings = [_socket_dir_usable(directory)]
+    finding, planned = _socket_dir_usable(directory)
+    findings = [finding]
     try:
-        sample = allocate_socket_path(directory, config.runtime_id)
+        sample = allocate_socket_path(planned, config.runtime_id)
     except SocketPathError as exc:
         findings.append(_error("socket path", str(exc)))
     else:
@@ -306,32 +306,18 @@ def _check_socket_dir(config: RuntimeConfig) -> list[Finding]:
     return findings
 
 
-def _socket_dir_usable(directory: Path) -> Finding:
-    """Could :func:`~codex_trio._paths.ensure_owner_only_dir` succeed? Checked without creating anything."""
+def _socket_dir_usable(directory: Path) -> tuple[Finding, Path]:
+    """Could :func:`~codex_trio._paths.ensure_owner_only_dir` succeed, and which directory would it use?
+    Checked without creating or changing anything."""
     name = "socket dir"
     try:
-        st = os.lstat(directory)
-    except FileNotFoundError:
-        parent = _nearest_existing(directory)
-        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            return _error(name, f"cannot create socket directory {directory}: {parent} is not writable")
-        return _passed(name, f"{directory} will be created (mode 0700) under {parent}")
-    except OSError as exc:
-        return _error(name, f"cannot inspect socket directory {directory}: {exc.strerror or exc}")
-    if stat.S_ISLNK(st.st_mode):
-        return _error(name, f"socket directory {directory} is a symlink, not a real directory")
-    if not stat.S_ISDIR(st.st_mode):
-        return _error(name, f"socket directory {directory} exists and is not a directory")
-    if st.st_uid != os.geteuid():
-        return _error(
-            name,
-            f"socket directory {directory} is owned by uid {st.st_uid}, not the current user "
-            f"(uid {os.geteuid()}), so it cannot be made owner-only",
-        )
-    if not os.access(directory, os.W_OK | os.X_OK):
-        return _error(name, f"socket directory {directory} is not writable")
-    tighten = " (its group/other bits will be cleared)" if st.st_mode & 0o077 else ""
-    return _passed(name, f"{directory} is usable{tighten}")
+        planned, why = plan_owner_only_dir(directory)
+    except SocketPathError as exc:
+        return _error(name, str(exc)), directory
+    existing = planned if os.path.lexists(planned) else _nearest_existing(planned)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return _error(name, f"cannot use socket directory {planned}: {existing} is not writable"), planned
+    return _passed(name, why), planned
 
 
 def _nearest_existing(path: Path) -> Path | None:

@@ -254,8 +254,12 @@ class FakeAppServer:
                 await stream.aclose()
                 nursery.cancel_scope.cancel()
                 return
-            await self.serve_stream(WebSocketMessageStream(ws, "fake client", self._max_message_size))
-            nursery.cancel_scope.cancel()
+            try:
+                await self.serve_stream(WebSocketMessageStream(ws, "fake client", self._max_message_size))
+            finally:
+                nursery.cancel_scope.cancel()
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()  # ours to close: trio-websocket leaves the socket to the collector
 
     # -- protocol ----------------------------------------------------------------------------------------------
 

@@ -374,11 +374,6 @@ def test_spill_over_a_loose_file_tightens_the_file(tmp_path: Path) -> None:
     assert old.read_text() == _completion().result
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_completions must spill into the directory ensure_owner_only_dir returns, and stop chmod-ing the "
-    "configured one itself",
-)
 def test_shared_spill_directory_keeps_its_mode_and_gets_a_private_subdirectory(tmp_path: Path) -> None:
     spill_dir = tmp_path / "spill"
     spill_dir.mkdir()

@@ -143,7 +143,7 @@ async def test_interrupt_and_stop_leave_nothing_behind(tmp_path: Path) -> None:
             async with real_runtime(tmp_path, model) as (runtime, launcher):
                 admission = await runtime.submit(ChannelInput("x", "hang please"))
                 with trio.fail_after(20):
-                    while runtime.statistics()["active_turn"] is None:
+                    while runtime.statistics().open_turns == ():
                         await trio.sleep(0.05)
                 assert await runtime.interrupt()
                 assert (await admission.settled()).outcome == "interrupted"

@@ -47,7 +47,7 @@ async def test_completion_inline_and_spilled_reach_the_model(
                 while len(model.requests) < 2:
                     await trio.sleep(0.05)
             # let both trigger turns finish
-            while runtime.statistics()["in_flight"] or runtime.statistics()["queued"]:
+            while runtime.statistics().in_flight or runtime.statistics().queued:
                 await trio.sleep(0.05)
     texts = [t for r in model.requests for t in r.input_texts()]
     inline = [t for t in texts if 'id="job-1"' in t]

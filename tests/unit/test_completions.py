@@ -186,12 +186,14 @@ def test_spill_overwrites_existing_file_and_tightens_its_mode(tmp_path: Path) ->
     assert _mode(target) == 0o600
 
 
-def test_spill_tightens_a_loose_existing_dir(tmp_path: Path) -> None:
+def test_spill_refuses_a_readable_existing_dir_and_leaves_its_mode(tmp_path: Path) -> None:
+    # A directory we did not create is never chmod-ed: the caller is told what to do instead.
     spill_dir = tmp_path / "spill"
     spill_dir.mkdir()
     os.chmod(spill_dir, 0o755)
-    resolve_completion_body(_completion("0123456789"), spill_dir, 1)
-    assert _mode(spill_dir) == 0o700
+    with pytest.raises(ConfigError, match="chmod 700"):
+        resolve_completion_body(_completion("0123456789"), spill_dir, 1)
+    assert _mode(spill_dir) == 0o755
 
 
 def test_symlinked_spill_dir_is_refused(tmp_path: Path) -> None:

@@ -326,8 +326,18 @@ async def test_socket_dir_problems(make_bin: MakeBin, home: Path, env: dict[str,
     bin = make_bin()
     real = tmp_path / "real"
     real.mkdir(mode=0o755)
+    real.chmod(0o755)
     finding = _finding(await _run(_config(bin, home, real), env), "socket dir")
-    assert finding.ok and "group/other bits will be cleared" in finding.detail
+    assert not finding.ok and "chmod 700" in finding.detail  # never chmod-ed behind the user's back
+    real.chmod(0o700)
+    finding = _finding(await _run(_config(bin, home, real), env), "socket dir")
+    assert finding.ok
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    finding = _finding(await _run(_config(bin, home, shared), env), "socket dir")
+    assert finding.ok and f"codex-trio-{os.geteuid()}" in finding.detail
 
     link = tmp_path / "link"
     link.symlink_to(real)
