@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import competitor, ingest, large, restart, scale, turn
+from . import competitor, ingest, large, restart, scale, stall, turn
 from ._common import write_json
 
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "scale": scale.run,
     "large": large.run,
     "competitor": competitor.run,
+    "stall": stall.run,
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import trio
 
 from codex_trio._launcher import Launched
-from codex_trio._transport import NdjsonMessageStream, connect_unix_websocket
+from codex_trio._transport import MessageStream, NdjsonMessageStream, connect_unix_websocket
 
 ROOT = Path(__file__).resolve().parent.parent
 EMITTER = str(Path(__file__).resolve().parent / "emitter.py")
@@ -138,18 +138,25 @@ class UnixEmitterLauncher:
         self.max_message_size = max_message_size
 
     @asynccontextmanager
-    async def launch(self, nursery: trio.Nursery, generation: int) -> AsyncIterator[Launched]:
+    async def launch(self, generation: int) -> AsyncIterator[Launched]:
         kwargs = {} if self.max_message_size is None else {"max_message_size": self.max_message_size}
-        stream = await connect_unix_websocket(nursery, self.path, **kwargs)
+        streams: list[MessageStream] = []
+        async with trio.open_nursery() as nursery:
 
-        async def wait_gone() -> BaseException:
-            await trio.sleep_forever()
-            raise AssertionError("unreachable")
+            async def connect() -> MessageStream:
+                streams.append(await connect_unix_websocket(nursery, self.path, **kwargs))
+                return streams[-1]
 
-        try:
-            yield Launched(stream, wait_gone, description=f"emitter at {self.path}")
-        finally:
-            await stream.aclose()
+            async def wait_gone() -> BaseException:
+                await trio.sleep_forever()
+                raise AssertionError("unreachable")
+
+            try:
+                yield Launched(connect, wait_gone, description=f"emitter at {self.path}")
+            finally:
+                for stream in streams:
+                    await stream.aclose()
+                nursery.cancel_scope.cancel()
 
 
 class StdioLauncher:
@@ -159,13 +166,17 @@ class StdioLauncher:
         self.argv = list(argv)
 
     @asynccontextmanager
-    async def launch(self, nursery: trio.Nursery, generation: int) -> AsyncIterator[Launched]:
+    async def launch(self, generation: int) -> AsyncIterator[Launched]:
         async with open_stdio_child(self.argv) as proc:
             assert proc.stdin is not None and proc.stdout is not None
             stream = NdjsonMessageStream(proc.stdin, proc.stdout, description=f"stdio child {proc.pid}")
+
+            async def connect() -> MessageStream:
+                await trio.lowlevel.checkpoint()
+                return stream
 
             async def wait_gone() -> BaseException:
                 await proc.wait()
                 return ConnectionError(f"stdio child exited with {proc.returncode}")
 
-            yield Launched(stream, wait_gone, pid=proc.pid, description=f"stdio child {proc.pid}")
+            yield Launched(connect, wait_gone, pid=proc.pid, description=f"stdio child {proc.pid}")

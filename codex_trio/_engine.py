@@ -474,7 +474,7 @@ class Engine:
                 answer = _Delivered(action.token, broken=str(error))
             else:
                 answer = _Delivered(action.token, turn_id=turn_id)
-        await self._send.send(answer)
+        await self._report(answer)
 
     async def _interrupt(self, live: LiveSession, action: Interrupt) -> None:
         params = p.unstructure(p.TurnInterruptParams(action.thread_id, action.turn_id))
@@ -489,7 +489,14 @@ class Engine:
             return
         else:
             answer = _Interrupted(action.token, True)
-        await self._send.send(answer)
+        await self._report(answer)
+
+    async def _report(self, item: Any) -> None:
+        """An RPC task's answer to the engine; dropped when the engine has already ended (the runtime stopped)."""
+        try:
+            await self._send.send(item)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
     async def _persist_loop(self) -> None:
         try:
@@ -514,4 +521,3 @@ class Engine:
                 raise
             except Exception as exc:
                 log.warning("[%s] failed to %s %r: %r", self.runtime_id, what, args[1:], exc)
-

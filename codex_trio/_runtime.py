@@ -470,29 +470,33 @@ async def open_runtime(
                 log.warning("[%s] failed to release the runtime's lease: %r", config.runtime_id, exc)
 
 
-def _flatten(exc: BaseException, keep: BaseException | None) -> list[BaseException]:
-    """The exceptions in ``exc``, groups opened up, except ``keep`` (the caller's own), which stays whole."""
-    if exc is keep or not isinstance(exc, BaseExceptionGroup):
+def _flatten(exc: BaseException) -> list[BaseException]:
+    """The exceptions in ``exc``, groups opened up."""
+    if not isinstance(exc, BaseExceptionGroup):
         return [exc]
     out: list[BaseException] = []
     for inner in exc.exceptions:
-        out.extend(_flatten(inner, keep))
+        out.extend(_flatten(inner))
     return out
 
 
 def _public_exception(group: BaseExceptionGroup[Any], body: BaseException | None, runtime_id: str) -> BaseException:
-    """The one exception ``open_runtime`` raises for what its nursery raised (see its docstring)."""
-    items = _flatten(group, body)
-    for item in items:
+    """The one exception ``open_runtime`` raises for what its nursery raised (see its docstring).
+
+    ``body`` is what the caller's block raised, as raised: Trio re-wraps a group the block raises, so the original
+    object is returned from here rather than looked for in ``group``.
+    """
+    items = _flatten(group)
+    for item in [*_flatten(body), *items] if body is not None else items:
         if isinstance(item, (KeyboardInterrupt, SystemExit)):
             return item
-    if body is not None and body in items and not isinstance(body, trio.Cancelled):
-        for item in items:
-            if item is not body and not isinstance(item, trio.Cancelled):
+    library = [item for item in items if not isinstance(item, trio.Cancelled)]
+    if body is not None and not isinstance(body, trio.Cancelled):
+        body_items = {id(item) for item in _flatten(body)}
+        for item in library:
+            if id(item) not in body_items:
                 log.error("[%s] runtime failed while the caller's block raised: %r", runtime_id, item, exc_info=item)
         return body
-    meaningful = [item for item in items if not isinstance(item, trio.Cancelled)]
-    if meaningful:
-        return meaningful[0]
+    if library:
+        return library[0]
     return body if body is not None else items[0]
-

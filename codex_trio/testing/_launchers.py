@@ -73,9 +73,12 @@ class FakeLauncher:
                 try:
                     yield Launched(connect, wait_gone, description=f"fake app-server #{number}")
                 finally:
+                    # Shielded, and before the cancel: a Cancelled raised here would replace (and so swallow)
+                    # whatever the session is ending with.
+                    with trio.CancelScope(shield=True):
+                        await client.aclose()
+                        await server.aclose()
                     nursery.cancel_scope.cancel()
-                    await client.aclose()
-                    await server.aclose()
         finally:
             self.live -= 1
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +20,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "real_codex: needs the real codex app-server binary (fails under CI=true when it is missing)"
     )
+
+
+@pytest.fixture
+def short_socket_dir() -> Iterator[Path]:
+    """A fresh, private directory short enough for Unix socket paths (under ``/tmp``, since pytest's ``tmp_path``
+    is often too long for ``sun_path``), removed with everything in it after the test."""
+    path = Path(tempfile.mkdtemp(prefix="ctr-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -7,7 +7,9 @@ configures it: ``FAKE_APP_SERVER_STATE`` (a JSON file that keeps threads across 
 works after a kill), ``FAKE_APP_SERVER_SCRIPT`` (a JSON file: ``{"default": {...}, "turns": [{...}, ...]}`` of
 :class:`TurnScript` fields), ``FAKE_APP_SERVER_EXIT`` (``"CODE:MESSAGE"``: print MESSAGE to stderr and exit at
 once with CODE, like codex does on a fatal config error), ``FAKE_APP_SERVER_BIND_DELAY`` (seconds before binding;
-``never`` never binds). SIGTERM/SIGINT exit cleanly (status 0); SIGUSR1 exits with status 3.
+``never`` never binds), ``FAKE_APP_SERVER_HANG`` (comma-separated methods it never answers) and
+``FAKE_APP_SERVER_REFUSE`` (``"METHOD:MESSAGE"``: answer METHOD with that JSON-RPC error). SIGTERM/SIGINT exit
+cleanly (status 0); SIGUSR1 exits with status 3.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
 
-from ._fake_app_server import FakeAppServer, TurnScript
+from ._fake_app_server import FakeAppServer, FakeRpcError, TurnScript
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -35,6 +38,18 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+async def _hang(params: object) -> None:
+    await trio.sleep_forever()
+
+
+def _refuser(message: str) -> Callable[[object], Awaitable[None]]:
+    async def refuse(params: object) -> None:
+        await trio.lowlevel.checkpoint()
+        raise FakeRpcError(message)
+
+    return refuse
+
+
 async def _serve(path: Path) -> int:
     state = os.environ.get("FAKE_APP_SERVER_STATE")
     server = FakeAppServer(state_path=Path(state) if state else None)
@@ -44,6 +59,12 @@ async def _serve(path: Path) -> int:
         if "default" in data:
             server.default_turn = TurnScript.from_json(data["default"])
         server.push_turns(*(TurnScript.from_json(t) for t in data.get("turns", [])))
+    for method in filter(None, os.environ.get("FAKE_APP_SERVER_HANG", "").split(",")):
+        server.handlers[method] = _hang
+    refuse = os.environ.get("FAKE_APP_SERVER_REFUSE")
+    if refuse:
+        method, _, message = refuse.partition(":")
+        server.handlers[method] = _refuser(message)
     delay = os.environ.get("FAKE_APP_SERVER_BIND_DELAY")
     if delay == "never":
         await trio.sleep_forever()
