@@ -901,4 +901,3 @@ def _turn_outcome(turn: p.Turn, items: Sequence[p.Item]) -> TurnOutcome:
 def outcome_of(turn: p.Turn, items: Sequence[p.Item]) -> TurnOutcome:
     """The outcome a finished ``turn`` gives its inputs (also used to reconcile a dead host's input)."""
     return _turn_outcome(turn, items)
-

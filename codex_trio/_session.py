@@ -218,4 +218,3 @@ def _describe(cause: BaseException | None) -> str:
 def describe(cause: BaseException) -> str:
     text = str(cause).strip() or type(cause).__name__
     return text.splitlines()[0] if len(text) > 500 else text
-

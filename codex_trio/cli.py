@@ -57,9 +57,9 @@ from ._events import (
     TurnCompleted,
 )
 from ._launcher import default_base_dir
-from ._settlement import Settlement
 from ._render import ChannelInput
 from ._runtime import Runtime, open_runtime
+from ._settlement import Settlement
 from ._signals import stop_on_signals
 from ._state import MemoryStateStore, RuntimeRecord, Snapshot, SqliteStateStore, StateStore, StoredSettlement
 from ._util import collapse_exception_groups

@@ -12,37 +12,20 @@
 
 from ._fake_app_server import (
     FakeAppServer as FakeAppServer,
-)
-from ._fake_app_server import (
     FakeRpcError as FakeRpcError,
-)
-from ._fake_app_server import (
     ServerRequestSpec as ServerRequestSpec,
-)
-from ._fake_app_server import (
     TurnScript as TurnScript,
 )
 from ._launchers import FakeLauncher as FakeLauncher
 from ._mock_model import (
     ExecCommand as ExecCommand,
-)
-from ._mock_model import (
     Fail as Fail,
-)
-from ._mock_model import (
     Hang as Hang,
-)
-from ._mock_model import (
     MockModelServer as MockModelServer,
-)
-from ._mock_model import (
     Text as Text,
-)
-from ._mock_model import (
     write_codex_home as write_codex_home,
 )
-from ._real_codex import find_codex_bin as find_codex_bin
-from ._real_codex import require_codex_bin as require_codex_bin
+from ._real_codex import find_codex_bin as find_codex_bin, require_codex_bin as require_codex_bin
 
 __all__ = [
     "ExecCommand",

@@ -32,16 +32,15 @@ from typing import Literal
 import attrs
 import pytest
 import trio
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from codex_trio._config import RuntimeConfig
 from codex_trio._launcher import Launched, ProcessLauncher
-from codex_trio._settlement import Settlement
 from codex_trio._policy import RestartPolicy
 from codex_trio._process import live_pids_in_group
 from codex_trio._render import ChannelInput
 from codex_trio._runtime import Admission, Runtime, open_runtime
+from codex_trio._settlement import Settlement
 from codex_trio._transport import MessageStream
 
 Phase = Literal["spawn", "readiness", "handshake", "turn", "backoff"]

@@ -21,7 +21,6 @@ from codex_trio._errors import AppServerExited, EventStreamOverflow, HandshakeTi
 from codex_trio._events import (
     AgentMessageDelta,
     Event,
-    EventStream,
     Lagged,
     Restarting,
     StatusChanged,

@@ -29,8 +29,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from codex_trio._admission import Admission
 from codex_trio._config import DeliveryMode, RuntimeConfig

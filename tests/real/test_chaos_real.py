@@ -35,11 +35,11 @@ import trio
 from codex_trio._config import RuntimeConfig
 from codex_trio._events import EventStream, Lagged, SubmissionSettled
 from codex_trio._launcher import ProcessLauncher
-from codex_trio._settlement import Settlement
 from codex_trio._policy import RestartPolicy
 from codex_trio._process import live_pids_in_group
 from codex_trio._render import ChannelInput
 from codex_trio._runtime import Admission, Runtime, open_runtime
+from codex_trio._settlement import Settlement
 from codex_trio.testing._mock_model import Hang, MockModelServer, Step, Text, write_codex_home
 
 pytestmark = pytest.mark.real_codex

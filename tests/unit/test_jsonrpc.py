@@ -6,8 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from codex_trio import MethodNotSupported, ProtocolError, RpcError, ServerDraining
 from codex_trio._jsonrpc import (

@@ -7,10 +7,6 @@ from typing import Any, Literal
 
 import attrs
 import pytest
-from hypothesis import settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-
 from codex_trio._ledger import (
     _REMEMBERED_TERMINALS,
     Ledger,
@@ -20,6 +16,8 @@ from codex_trio._ledger import (
     SubmissionKind,
     TurnOutcome,
 )
+from hypothesis import settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 ITEMS: tuple[Any, ...] = ({"type": "agentMessage", "id": "msg-1", "text": "hi"},)
 

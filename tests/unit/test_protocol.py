@@ -14,8 +14,7 @@ from typing import Any
 import attrs
 import cattrs
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from codex_trio import _protocol as p
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import attrs
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from codex_trio._errors import ConfigError
 from codex_trio._render import ChannelInput, escape_attr, render_channel_block, render_channel_input
