@@ -51,6 +51,7 @@ from ._recovery import Restored, load
 from ._render import ChannelInput, render_channel_input
 from ._settlement import Settlement
 from ._state import LostThread, MemoryStateStore, RuntimeStatus, StateStore
+from ._session import describe
 from ._supervisor import StatusBoard, Supervisor
 from ._threads import ThreadResolution
 from ._util import NoPublicConstructor
@@ -377,6 +378,10 @@ class Runtime(metaclass=NoPublicConstructor):
         self.tracker.session_ready(trio.current_time())
         await self.board.set("ready")
         self.supervisor.session_ready()
+
+    async def session_failed(self, generation: int, cause: BaseException) -> None:
+        if not self._stopping and self.status == "ready":
+            await self.board.set("degraded", error=describe(cause))
 
     def _on_settled(self, settlement: Settlement) -> None:
         if settlement.outcome == "completed" and settlement.text:

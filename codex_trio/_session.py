@@ -80,6 +80,8 @@ class SessionHost(Protocol):
 
     async def session_ready(self, generation: int) -> None: ...
 
+    async def session_failed(self, generation: int, cause: BaseException) -> None: ...
+
 
 class _FirstFailure:
     """Keeps the first failure of a session and cancels the session's scope."""
@@ -126,6 +128,9 @@ async def run_session(host: SessionHost, generation: int) -> BaseException | Non
             finally:
                 if live is not None:
                     live.closed = True
+                if cause is not None:
+                    # The status says so before any input settles "interrupted" because of it.
+                    await host.session_failed(generation, cause)
                 # Before the reap: the engine settles what was in flight while the child is being stopped.
                 await host.engine.session_down(generation, _describe(cause))
     except Exception as exc:

@@ -71,10 +71,14 @@ class StatusBoard:
         self._changed = trio.Event()
         self._transitions: deque[RuntimeStatus] = deque(maxlen=_TRANSITIONS)
         self._count = 0
+        self._error: str | None = None
         self.generation = 0
 
     async def set(self, status: RuntimeStatus, *, error: str | None = None) -> None:
         previous = self.status
+        if status == previous and error == self._error and status != "starting":
+            return  # the session said it first (its failure), the supervisor says it again: one transition
+        self._error = error
         self.status = status
         self._transitions.append(status)
         self._count += 1

@@ -98,9 +98,14 @@ class _ObservedLauncher:
         self._on_frame = on_frame
 
     @asynccontextmanager
-    async def launch(self, nursery: trio.Nursery, generation: int) -> AsyncIterator[Launched]:
-        async with self.inner.launch(nursery, generation) as launched:
-            yield attrs.evolve(launched, stream=_CountingStream(launched.stream, self._on_frame))
+    async def launch(self, generation: int) -> AsyncIterator[Launched]:
+        async with self.inner.launch(generation) as launched:
+            inner_connect = launched.connect
+
+            async def connect() -> MessageStream:
+                return _CountingStream(await inner_connect(), self._on_frame)
+
+            yield attrs.evolve(launched, connect=connect)
 
 
 @attrs.define

@@ -174,10 +174,15 @@ def populate(db: Path) -> None:
 
     async def write() -> None:
         async with SqliteStateStore(db) as store:
+            await store.acquire("alpha")
+            await store.acquire("beta")
             await store.set_status("alpha", "ready", last_started_at=now - 5, last_ready_at=now - 4)
             await store.set_thread_id("alpha", "thread-a")
-            await store.accept("alpha", StoredSubmission(1, "chat:1", "channel", "hello", now), dedup_window=16)
-            await store.accept("alpha", StoredSubmission(2, "chat:2", "channel", "again", now), dedup_window=16)
+            rows = [
+                StoredSubmission(1, "chat:1", "channel", "hello", now),
+                StoredSubmission(2, "chat:2", "channel", "again", now),
+            ]
+            await store.accept("alpha", rows, dedup_window=16)
             await store.settle("alpha", StoredSettlement(1, "chat:1", "completed", "turn-1", None, now))
             await store.set_status("beta", "failed", last_error="codex app-server (pid 7) was killed by SIGKILL")
             await store.record_lost_thread("beta", LostThread("thread-old", "thread-new", "no rollout found", now))

@@ -38,6 +38,7 @@ from codex_trio._paths import (
     plan_owner_only_dir,
 )
 from codex_trio._process import live_pids_in_group, log_paths
+from codex_trio._watchdog import _pdeathsig_prefix
 
 PACKAGE_DIR = Path(codex_trio.__file__).resolve().parent
 
@@ -551,11 +552,18 @@ async def test_every_spawn_is_an_argv_without_a_shell(tmp_path: Path, monkeypatc
     app_servers = [args for args, _ in spawns.calls if "app-server" in list(args)]
     assert len(app_servers) == 2, spawns.calls
     assert any(list(args)[1:] == ["--version"] for args, _ in spawns.calls), spawns.calls
+    # Where util-linux has it, the child is exec'd through `setpriv --pdeathsig KILL --` (it dies with its host's
+    # spawner thread); setpriv execs the argv as given, with no shell either.
+    prefix = list(_pdeathsig_prefix())
     for args, kwargs in spawns.calls:
         assert not isinstance(args, (str, bytes)), f"a command line string, not an argv: {args!r}"
         assert kwargs.get("shell", False) is False, kwargs
         assert kwargs.get("executable") is None, kwargs
         argv = list(args)
+        if prefix and argv[: len(prefix)] == prefix:
+            argv = argv[len(prefix) :]
+        if argv == ["true"]:
+            continue  # the one-time probe of whether setpriv supports --pdeathsig
         assert argv[0] == cfg.codex_bin, argv  # the resolved binary itself, not an interpreter
         assert argv[1] in ("app-server", "--version"), argv  # never `<x> -c "<command string>"`
 

@@ -165,7 +165,7 @@ async def disrupt(host: Host, how: str) -> None:
     """SIGKILL the app-server's group or close the WebSocket, at most once per generation (so each one is
     exactly one restart to survive)."""
     runtime = host.runtime
-    session = runtime._session
+    session = runtime.engine.live
     if host.cancelled or runtime.status != "ready" or session is None or session.generation in host.disrupted:
         return
     pgid = host.launcher.last_pgid
@@ -222,7 +222,7 @@ async def wait_recovered(host: Host) -> None:
     """Until a generation we did not disrupt is ready. (Waiting for "ready" alone can return before the
     runtime has even noticed the last disruption.)"""
     while True:
-        session = host.runtime._session
+        session = host.runtime.engine.live
         if host.runtime.status == "ready" and session is not None and session.generation not in host.disrupted:
             return
         await trio.sleep(0.02)

@@ -125,7 +125,7 @@ async def _inflict(how: Failure, runtime: Runtime, pgid: int) -> None:
         # The native binary is a single process, its own group leader: pid == pgid.
         os.kill(pgid, signal.SIGABRT)
     else:
-        session = runtime._session
+        session = runtime.engine.live
         assert session is not None
         await session.connection.aclose()
 

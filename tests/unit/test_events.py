@@ -6,6 +6,7 @@ import pytest
 import trio
 import trio.testing
 
+from codex_trio._errors import EventStreamOverflow
 from codex_trio._events import (
     AgentMessageDelta,
     Event,
@@ -113,16 +114,38 @@ async def test_droppable_events_are_dropped_when_full_with_a_lagged_marker_first
 
 @pytest.mark.parametrize("event", NEVER_DROPPED, ids=lambda e: type(e).__name__)
 async def test_non_droppable_events_are_never_dropped(event: Event) -> None:
+    hub = EventHub(capacity=4)
+    stream = hub.subscribe()
+    for n in range(4):
+        hub.publish(delta(n))
+    for _ in range(4):
+        hub.publish(event)  # beyond capacity: kept, up to a second capacity
+    hub.publish(delta(9))  # the buffer is over capacity, so this one goes
+    hub.close()
+    assert await drain(stream) == [Lagged(1), *(delta(n) for n in range(4)), *[event] * 4]
+    assert stream.dropped_total == 1
+
+
+@pytest.mark.parametrize("event", NEVER_DROPPED, ids=lambda e: type(e).__name__)
+async def test_a_reader_too_far_behind_is_cut_off_with_a_typed_error(event: Event) -> None:
     hub = EventHub(capacity=2)
     stream = hub.subscribe()
-    hub.publish(delta(0))
-    hub.publish(delta(1))
-    for _ in range(5):
-        hub.publish(event)  # beyond capacity: kept
-    hub.publish(delta(2))  # the buffer is over capacity, so this one goes
-    hub.close()
-    assert await drain(stream) == [Lagged(1), delta(0), delta(1), *[event] * 5]
-    assert stream.dropped_total == 1
+    other = hub.subscribe()
+    for _ in range(4):
+        hub.publish(event)  # fills twice the capacity
+    assert stream.buffered == 4
+    hub.publish(event)  # one more undroppable event cannot be kept: the stream is cut off, its memory freed
+    assert stream.buffered == 0 and hub.subscriber_count == 0
+    with pytest.raises(EventStreamOverflow, match="overflowed"):
+        await stream.receive()
+    with pytest.raises(EventStreamOverflow):
+        async for _ in stream:
+            pass  # pragma: no cover
+    # The others were cut off the same way (nobody read them), and the hub goes on publishing to new ones.
+    assert other.buffered == 0
+    late = hub.subscribe()
+    hub.publish(event)
+    assert await late.receive() == event
 
 
 async def test_lagged_count_resets_and_dropped_total_accumulates() -> None:
