@@ -49,9 +49,9 @@ from ._launcher import Launcher, ProcessLauncher, default_base_dir
 from ._policy import RestartStatistics, RestartTracker
 from ._recovery import Restored, load
 from ._render import ChannelInput, render_channel_input
+from ._session import describe
 from ._settlement import Settlement
 from ._state import LostThread, MemoryStateStore, RuntimeStatus, StateStore
-from ._session import describe
 from ._supervisor import StatusBoard, Supervisor
 from ._threads import ThreadResolution
 from ._util import NoPublicConstructor
