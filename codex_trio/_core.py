@@ -473,8 +473,8 @@ class RuntimeCore:
         assert generation > self._generation, "generations only grow"
         self._generation = generation
         self._session = _Session(generation, thread_id)
-        # Input queued while no session was up wakes the new session's thread, as does a notice claimed for it.
-        self._woken = self._woken or any(s.kind != "notice" for s in self._queue)
+        # Input queued while no session was up wakes the new session's thread; a queued notice is its notice.
+        self._woken = self._woken or bool(self._queue)
         self._pump()
 
     def thread_lost(self, info: Any) -> None:
