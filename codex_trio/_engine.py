@@ -42,7 +42,7 @@ from ._errors import ConnectionLost, LeaseLost, ProtocolError, RequestTimeout, R
 from ._events import EventHub, SubmissionSettled
 from ._jsonrpc import Notification
 from ._settlement import Settlement, TurnOutcome
-from ._state import StateStore, StoredSettlement, StoredSubmission
+from ._state import MemoryStateStore, StateStore, StoredSettlement, StoredSubmission
 
 __all__ = ["Engine", "LiveSession"]
 
@@ -163,6 +163,7 @@ class Engine:
         dedup_window: int,
         request_timeout: float,
         on_settled: Callable[[Settlement], None],
+        is_ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.core = core
         self.runtime_id = runtime_id
@@ -171,6 +172,10 @@ class Engine:
         self._dedup_window = dedup_window
         self._request_timeout = request_timeout
         self._on_settled = on_settled
+        self._is_ready = is_ready
+        # The default store never blocks: its writes are applied in place (no task, no scheduler trip per write).
+        # A subclass may override the async methods (tests gate them), so only the class itself qualifies.
+        self._memory: MemoryStateStore | None = store if type(store) is MemoryStateStore else None
         self._send, self._receive = trio.open_memory_channel[Any](_INBOX)
         self._persist_send, self._persist_receive = trio.open_memory_channel[StoredSettlement](_PERSIST_QUEUE)
         self._admissions: dict[int, Admission] = {}
@@ -265,7 +270,9 @@ class Engine:
                 task_status.started()
                 try:
                     while True:
-                        await self._perform(core.take_actions())
+                        # Performing may feed the core again (a write applied in place): until nothing is left.
+                        while actions := core.take_actions():
+                            await self._perform(actions)
                         if core.stopped:
                             break
                         deadline = core.next_deadline()
@@ -343,15 +350,34 @@ class Engine:
     # == actions ===================================================================================================
 
     async def _perform(self, actions: list[Any]) -> None:
+        memory = self._memory
         for action in actions:
             if type(action) is Settle and action.persist:
                 self._settle(action.settlement)
                 s = action.settlement
-                await self._persist_send.send(
-                    StoredSettlement(s.seq, s.source_id, s.outcome, s.turn_id, s.error, time.time())
-                )
+                stored = StoredSettlement(s.seq, s.source_id, s.outcome, s.turn_id, s.error, time.time())
+                if memory is not None:
+                    memory.settle_now(self.runtime_id, stored)
+                else:
+                    await self._persist_send.send(stored)
+            elif type(action) is Write and memory is not None:
+                self._write_now(memory, action)
             else:
                 self._perform_one(action)
+
+    def _write_now(self, memory: MemoryStateStore, action: Write) -> None:
+        now = time.time()
+        rows = [StoredSubmission(s.seq, s.source_id, s.kind, s.text, now) for s in action.submissions]
+        try:
+            memory.accept_now(self.runtime_id, rows, dedup_window=self._dedup_window)
+        except LeaseLost as exc:
+            self.core.write_failed(action.batch, exc)
+            raise
+        except Exception as exc:
+            log.warning("[%s] accepting %d input(s) failed: %r", self.runtime_id, len(rows), exc)
+            self.core.write_failed(action.batch, exc)
+        else:
+            self.core.written(action.batch)
 
     def _perform_now(self, actions: list[Any]) -> None:
         """Perform without awaiting (the engine is ending): nothing is persisted any more."""
@@ -399,7 +425,10 @@ class Engine:
         reply: _Reply | None = request.reply
         sub = action.submission
         if sub is not None:
-            admission = Admission(action.status, request.source_id, sub.seq, _done=trio.Event())
+            # "submitted" means the runtime was ready, as its status says (the core may not have seen a session end
+            # yet that the status already shows).
+            status = "queued" if action.status == "submitted" and not self._is_ready() else action.status
+            admission = Admission(status, request.source_id, sub.seq, _done=trio.Event())
             self._admissions[sub.seq] = admission
         else:
             admission = Admission(action.status, request.source_id, error=action.error)
@@ -441,7 +470,10 @@ class Engine:
         if sub.durable:
             # In doubt from here until it settles: a host that dies now must not make the next one send it again
             # without first asking codex whether it has it.
-            await self._best_effort("mark input in doubt", self._store.delivering, self.runtime_id, sub.seq)
+            if self._memory is not None:
+                self._memory.delivering_now(self.runtime_id, sub.seq)
+            else:
+                await self._best_effort("mark input in doubt", self._store.delivering, self.runtime_id, sub.seq)
         text = [p.TextInput(sub.text)]
         params: Any
         if action.method == "turn/start":

@@ -143,6 +143,7 @@ class Runtime(metaclass=NoPublicConstructor):
             dedup_window=config.dedup_window,
             request_timeout=config.request_timeout,
             on_settled=self._on_settled,
+            is_ready=lambda: self.board.status == "ready",
         )
         self.supervisor = Supervisor(self)
         self._thread_id = restored.thread_id

@@ -71,6 +71,7 @@ import socket
 import sqlite3
 import stat
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol, TypeVar, get_args, runtime_checkable
@@ -357,7 +358,7 @@ async def _atomically(fn: Callable[[], _T]) -> _T:
 @attrs.define
 class _MemRuntime:
     record: RuntimeRecord
-    dedup: dict[str, None] = attrs.Factory(dict)  # insertion-ordered set
+    dedup: OrderedDict[str, None] = attrs.Factory(OrderedDict)  # insertion-ordered set; O(1) to drop the oldest
     pending: dict[int, StoredSubmission] = attrs.Factory(dict)
     next_seq: int = 1
     lost: list[LostThread] = attrs.Factory(list)
@@ -514,38 +515,47 @@ class MemoryStateStore:
 
     async def accept(self, runtime_id: str, submissions: Sequence[StoredSubmission], *, dedup_window: int) -> None:
         batch = list(submissions)
+        await _atomically(lambda: self.accept_now(runtime_id, batch, dedup_window=dedup_window))
 
-        def write() -> None:
-            if runtime_id not in self._held:
-                raise _not_held(runtime_id)
-            _check_batch(runtime_id, batch)
-            if not batch:
-                return
-            self._fence(runtime_id)
-            current = self._runtimes.get(runtime_id)
-            next_seq = current.next_seq if current is not None else 1
-            if batch[0].seq < next_seq:
-                raise _seq_error(runtime_id, batch[0].seq, next_seq)
-            # Everything is checked: from here on nothing can fail, so the batch lands whole.
-            rt = self._touch(runtime_id)
-            window = max(0, dedup_window)
-            for sub in batch:
-                if sub.source_id:
-                    rt.dedup.setdefault(sub.source_id, None)
-                for old in list(rt.dedup)[: max(0, len(rt.dedup) - window)]:
-                    del rt.dedup[old]
-                rt.pending[sub.seq] = sub
-            rt.next_seq = batch[-1].seq + 1
+    # The *_now methods are the writes themselves, applied at once. The async methods above run them between a
+    # cancel point and a schedule point; the runtime's engine calls them directly (for a MemoryStateStore, not a
+    # subclass), since nothing here can block: no task, no trip through the scheduler per write.
 
-        await _atomically(write)
+    def accept_now(self, runtime_id: str, batch: Sequence[StoredSubmission], *, dedup_window: int) -> None:
+        if runtime_id not in self._held:
+            raise _not_held(runtime_id)
+        _check_batch(runtime_id, list(batch))
+        if not batch:
+            return
+        self._fence(runtime_id)
+        current = self._runtimes.get(runtime_id)
+        next_seq = current.next_seq if current is not None else 1
+        if batch[0].seq < next_seq:
+            raise _seq_error(runtime_id, batch[0].seq, next_seq)
+        # Everything is checked: from here on nothing can fail, so the batch lands whole.
+        rt = self._touch(runtime_id)
+        window = max(0, dedup_window)
+        for sub in batch:
+            if sub.source_id:
+                rt.dedup.setdefault(sub.source_id, None)
+            while len(rt.dedup) > window:
+                rt.dedup.popitem(last=False)
+            rt.pending[sub.seq] = sub
+        rt.next_seq = batch[-1].seq + 1
+
+    def delivering_now(self, runtime_id: str, seq: int) -> None:
+        rt = self._writer(runtime_id)
+        if seq in rt.pending:
+            rt.pending[seq] = attrs.evolve(rt.pending[seq], delivering=True)
+
+    def settle_now(self, runtime_id: str, settlement: StoredSettlement, *, keep: int = 1000) -> None:
+        rt = self._writer(runtime_id)
+        rt.settlements.append(settlement)
+        del rt.settlements[: max(0, len(rt.settlements) - max(0, keep))]
+        rt.pending.pop(settlement.seq, None)
 
     async def delivering(self, runtime_id: str, seq: int) -> None:
-        def write() -> None:
-            rt = self._writer(runtime_id)
-            if seq in rt.pending:
-                rt.pending[seq] = attrs.evolve(rt.pending[seq], delivering=True)
-
-        await _atomically(write)
+        await _atomically(lambda: self.delivering_now(runtime_id, seq))
 
     async def delivered(self, runtime_id: str, seq: int) -> None:
         await _atomically(lambda: self._writer(runtime_id).pending.pop(seq, None))
@@ -558,13 +568,7 @@ class MemoryStateStore:
         await _atomically(write)
 
     async def settle(self, runtime_id: str, settlement: StoredSettlement, *, keep: int = 1000) -> None:
-        def write() -> None:
-            rt = self._writer(runtime_id)
-            rt.settlements.append(settlement)
-            del rt.settlements[: max(0, len(rt.settlements) - max(0, keep))]
-            rt.pending.pop(settlement.seq, None)
-
-        await _atomically(write)
+        await _atomically(lambda: self.settle_now(runtime_id, settlement, keep=keep))
 
     async def save_completions(self, runtime_id: str, snapshot: CompletionLedgerSnapshot) -> None:
         def write() -> None:
