@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import competitor, ingest, large, restart, scale, stall, turn
+from . import competitor, idle, ingest, large, restart, scale, stall, turn
 from ._common import write_json
 
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "large": large.run,
     "competitor": competitor.run,
     "stall": stall.run,
+    "idle": idle.run,
 }
 
 

@@ -187,6 +187,8 @@ Event: TypeAlias = (
 )
 
 _DROPPABLE = (AgentMessageDelta, ItemStarted, ItemCompleted)
+#: A reader taking already-buffered events yields to the scheduler once per this many.
+_YIELD_EVERY = 64
 
 
 class EventStream:
@@ -203,6 +205,7 @@ class EventStream:
         self.dropped_total = 0
         self._closed = False
         self._overflowed = False
+        self._unyielded = 0
 
     def _push(self, event: Event) -> None:
         buffer = self._buffer
@@ -235,20 +238,28 @@ class EventStream:
 
     async def receive(self) -> Event:
         """The next event. Raises ``trio.EndOfChannel`` once the runtime has stopped and the buffer is empty, and
-        :class:`EventStreamOverflow` if this reader fell too far behind (see the module docstring)."""
+        :class:`EventStreamOverflow` if this reader fell too far behind (see the module docstring).
+
+        Like the connection's subscriptions, an event that is already buffered is returned without a trip through
+        the scheduler (a cancellation is still noticed first), with a real yield every ``_YIELD_EVERY`` events,
+        so that a reader keeps up with a burst and still cannot starve the other tasks.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             if self._overflowed:
                 raise EventStreamOverflow(self._hard_limit)
             if self._lagged:
                 dropped, self._lagged = self._lagged, 0
-                await trio.lowlevel.checkpoint()
                 return Lagged(dropped)
             if self._buffer:
-                await trio.lowlevel.checkpoint()
+                self._unyielded += 1
+                if self._unyielded >= _YIELD_EVERY:
+                    self._unyielded = 0
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return self._buffer.popleft()
             if self._closed:
-                await trio.lowlevel.checkpoint()
                 raise trio.EndOfChannel
+            self._unyielded = 0
             wakeup = self._wakeup = trio.Event()
             await wakeup.wait()
 
@@ -257,8 +268,10 @@ class EventStream:
 
     async def __anext__(self) -> Event:
         buffer = self._buffer
-        if buffer and not self._lagged:  # the hot path of every consumer: one frame, no loop
+        if buffer and not self._lagged and self._unyielded < _YIELD_EVERY - 1:
+            # receive(), inlined for the hot path of every consumer: one frame, no loop
             await trio.lowlevel.checkpoint_if_cancelled()
+            self._unyielded += 1
             return buffer.popleft()
         try:
             return await self.receive()
