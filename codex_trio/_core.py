@@ -730,17 +730,32 @@ class RuntimeCore:
         if handler is not None:
             handler(self, session, params, now)
 
-    def _on_delta(self, session: _Session, params: dict[str, Any], now: float) -> None:
-        self._actions.append(
-            Publish(
-                AgentMessageDelta(
-                    str(params.get("turnId", "")),
-                    str(params.get("itemId", "")),
-                    str(params.get("delta", "")),
-                    session.generation,
-                )
+    def delta(self, params: Any) -> AgentMessageDelta | None:
+        """The event for an ``item/agentMessage/delta`` notification, or None if it is not ours to publish.
+
+        The hottest notification by far (one per streamed chunk), so it gets a path of its own: it changes no
+        state, so it returns its event instead of queuing a :class:`Publish` action.
+        """
+        session = self._session
+        if session is None or type(params) is not dict:
+            return None
+        thread_id = params.get("threadId")
+        if thread_id is not None and thread_id != session.thread_id:
+            return None
+        try:
+            return AgentMessageDelta(params["turnId"], params["itemId"], params["delta"], session.generation)
+        except KeyError:
+            return AgentMessageDelta(
+                str(params.get("turnId", "")),
+                str(params.get("itemId", "")),
+                str(params.get("delta", "")),
+                session.generation,
             )
-        )
+
+    def _on_delta(self, session: _Session, params: dict[str, Any], now: float) -> None:
+        event = self.delta(params)
+        if event is not None:
+            self._actions.append(Publish(event))
 
     def _on_item(self, session: _Session, params: dict[str, Any], now: float, *, completed: bool) -> None:
         parsed = _structure(params, p.ItemNotification)

@@ -309,8 +309,13 @@ class Engine:
         core = self.core
         kind = type(item)
         if kind is Notification:
-            if item.method == "item/agentMessage/delta" and not self._hub.subscriber_count:
-                return  # the hottest notification: build nothing nobody reads
+            if item.method == "item/agentMessage/delta":
+                # The hottest notification: nothing to build when nobody reads, and no action list when they do.
+                if self._hub.subscriber_count:
+                    event = core.delta(item.params)
+                    if event is not None:
+                        self._hub.publish(event)
+                return
             core.notification(item.method, item.params, trio.current_time())
         elif kind is AdmitRequest:
             core.request(item)
