@@ -41,3 +41,25 @@ def test_quick_ingest_benchmark_runs_and_reports_every_variant(tmp_path: Path) -
     assert all(isinstance(rate, int) and rate > 0 for rate in rates.values())
     assert set(printed["ratios"]) >= {"ws_connection/ws_bare", "stdio_runtime/stdio_bare"}
     assert printed["machine"]["nproc"] >= 1 and printed["machine"]["trio"]
+
+
+def test_quick_turn_and_idle_benchmarks_run(tmp_path: Path) -> None:
+    """The turn-overhead and idle benchmarks run end to end (tiny sizes; the turn's real-codex part included
+    when the binary is there). What they measure is in docs/performance.md, never asserted."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "turn", "idle"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    decoder = json.JSONDecoder()
+    text, index, names = proc.stdout, 0, []
+    while index < len(text.rstrip()):
+        while text[index].isspace():
+            index += 1
+        obj, index = decoder.raw_decode(text, index)
+        names.append(obj["name"])
+        assert obj["figures"] and obj["machine"]["nproc"] >= 1
+    assert names == ["turn_overhead", "idle"]
