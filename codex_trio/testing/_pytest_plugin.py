@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,15 +23,29 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@pytest.fixture
-def short_socket_dir() -> Iterator[Path]:
-    """A fresh, private directory short enough for Unix socket paths (under ``/tmp``, since pytest's ``tmp_path``
-    is often too long for ``sun_path``), removed with everything in it after the test."""
-    path = Path(tempfile.mkdtemp(prefix="ctr-", dir="/tmp" if os.path.isdir("/tmp") else None))
+@contextmanager
+def short_dir(tag: str = "") -> Iterator[Path]:
+    """A fresh private (0700) directory short enough for Unix socket paths, removed with everything in it on exit.
+
+    The one scheme for short directories in tests: ``/tmp/ctr-[<tag>-]XXXXXXXX`` (under ``/tmp``, since pytest's
+    ``tmp_path`` and ``$TMPDIR`` are often too long for ``sun_path``). Use the :func:`short_socket_dir` fixture;
+    this context manager is for a test that needs several, or one outside a fixture (a Hypothesis example, a
+    state machine, a helper context manager).
+    """
+    root = "/tmp" if os.path.isdir("/tmp") else None
+    path = Path(tempfile.mkdtemp(prefix=f"ctr-{tag}-" if tag else "ctr-", dir=root))
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def short_socket_dir() -> Iterator[Path]:
+    """A fresh, private directory short enough for Unix socket paths (under ``/tmp``, since pytest's ``tmp_path``
+    is often too long for ``sun_path``), removed with everything in it after the test (see :func:`short_dir`)."""
+    with short_dir() as path:
+        yield path
 
 
 @pytest.fixture

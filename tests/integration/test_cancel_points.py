@@ -19,11 +19,9 @@ leader), so the checks see even a child that was cancelled before the launcher l
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import stat
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -42,6 +40,7 @@ from codex_trio._render import ChannelInput
 from codex_trio._runtime import Admission, Runtime, open_runtime
 from codex_trio._settlement import Settlement
 from codex_trio._transport import MessageStream
+from codex_trio.testing._pytest_plugin import short_dir
 
 Phase = Literal["spawn", "readiness", "handshake", "turn", "backoff"]
 
@@ -256,25 +255,18 @@ def test_cancelling_the_embedding_scope_anywhere_leaves_nothing(
     point: CancelPoint, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     workdir = tmp_path_factory.mktemp("cancel")
-    # Short and owner-only: the socket path must fit sun_path.
-    socket_dir = Path(tempfile.mkdtemp(prefix="ctr-cp-", dir="/tmp"))
-    try:
+    # Short and owner-only: the socket path must fit sun_path. One per example, so not the fixture.
+    with short_dir() as socket_dir:
         outcome = trio.run(_run_example, point, workdir, socket_dir)
         event(f"phase={point.phase} reached_ready={outcome.reached_ready}")
         _check_nothing_left(outcome, workdir / "pids", socket_dir)
-    finally:
-        shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 @pytest.mark.parametrize("phase", ["spawn", "readiness", "handshake", "turn", "backoff"])
-def test_each_phase_at_its_start(phase: Phase, tmp_path: Path) -> None:
+def test_each_phase_at_its_start(phase: Phase, tmp_path: Path, short_socket_dir: Path) -> None:
     """The earliest point of every phase, always run (Hypothesis may draw a phase rarely)."""
     point = CancelPoint(phase, 0.0, 1)
-    socket_dir = Path(tempfile.mkdtemp(prefix="ctr-cp-", dir="/tmp"))
-    try:
-        outcome = trio.run(_run_example, point, tmp_path, socket_dir)
-        _check_nothing_left(outcome, tmp_path / "pids", socket_dir)
-        if phase in ("turn", "backoff"):
-            assert outcome.reached_ready
-    finally:
-        shutil.rmtree(socket_dir, ignore_errors=True)
+    outcome = trio.run(_run_example, point, tmp_path, short_socket_dir)
+    _check_nothing_left(outcome, tmp_path / "pids", short_socket_dir)
+    if phase in ("turn", "backoff"):
+        assert outcome.reached_ready

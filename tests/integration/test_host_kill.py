@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import sqlite3
 import stat
@@ -63,12 +62,10 @@ class Setup:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
+def setup(tmp_path: Path, short_socket_dir: Path) -> Iterator[Setup]:
     shim = tmp_path / "codex"
     shim.write_text(f'#!/bin/sh\nexec {sys.executable} {CHILD} "$@"\n')
     shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
-    # Short, under /tmp: the pytest tmp path can exceed the Unix-socket path budget.
-    socket_dir = Path("/tmp") / f"ctr-hk-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     s = Setup(
         tmp=tmp_path,
         db=tmp_path / "host.db",
@@ -76,7 +73,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         journal=tmp_path / "journal.jsonl",
         fake_state=tmp_path / "fake-state.json",
         script=tmp_path / "script.json",
-        socket_dir=socket_dir,
+        socket_dir=short_socket_dir,  # short: the pytest tmp path can exceed the Unix-socket path budget
         log_dir=tmp_path / "logs",
     )
     try:
@@ -87,7 +84,6 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def our_processes(s: Setup) -> list[int]:

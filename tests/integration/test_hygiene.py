@@ -11,12 +11,10 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,34 +59,15 @@ def fake_codex(tmp_path: Path, script: dict[str, object] | None = None) -> tuple
     return str(shim), env
 
 
-_SOCKET_DIRS: list[Path] = []
-
-
-def short_socket_dir(tmp_path: Path, tag: str) -> Path:
-    # tmp_path is too long for a Unix socket path; a short per-test directory under /tmp is not.
-    path = Path("/tmp") / f"ctr-hy{tag}-{os.getpid()}-{tmp_path.name[-8:]}"
-    _SOCKET_DIRS.append(path)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def _remove_socket_dirs() -> Iterator[None]:
-    yield
-    while _SOCKET_DIRS:
-        path = _SOCKET_DIRS.pop()
-        try:
-            path.rmdir()  # only when empty: anything left inside is evidence for a failing assertion
-        except OSError:
-            pass
-
-
-def child_config(tmp_path: Path, tag: str, **overrides: Any) -> RuntimeConfig:
+def child_config(tmp_path: Path, short: Path, tag: str, **overrides: Any) -> RuntimeConfig:
+    """``short`` is the test's ``short_socket_dir`` (tmp_path is too long for a Unix socket path); the socket
+    directory is ``short/tag``, which does not exist yet: the runtime creates it."""
     bin, env = fake_codex(tmp_path, {"default": {"text": "ok", "delay": 0.02}})
     fields: dict[str, Any] = {
         "runtime_id": f"hygiene-{tag}",
         "codex_bin": bin,
         "extra_env": env,
-        "socket_dir": short_socket_dir(tmp_path, tag),
+        "socket_dir": short / tag,
         "log_dir": tmp_path / "logs",
         "spill_dir": tmp_path / "spill",
         "state_dir": tmp_path / "state",
@@ -330,20 +309,17 @@ def test_plan_says_what_ensure_would_do_without_doing_it(tmp_path: Path) -> None
         plan_owner_only_dir(loose)
 
 
-def test_a_private_subdirectory_can_push_the_socket_path_over_the_budget() -> None:
+def test_a_private_subdirectory_can_push_the_socket_path_over_the_budget(short_socket_dir: Path) -> None:
     # The budget is checked on the directory actually used: callers allocate in what ensure_owner_only_dir returns.
-    base = Path(tempfile.mkdtemp(prefix="ctr-hyb-"))
-    try:
-        room = SOCKET_PATH_BUDGET - path_bytes(base / "x" / "rt-12345678.sock")
-        shared = base / ("s" * (room - len(private_name()) // 2))  # fits by itself, not with the subdirectory
-        shared.mkdir()
-        shared.chmod(0o1777)
-        allocate_socket_path(shared, "rt")  # the configured directory alone would fit
-        used = ensure_owner_only_dir(shared)
-        with pytest.raises(SocketPathError, match="shorter socket_dir"):
-            allocate_socket_path(used, "rt")
-    finally:
-        shutil.rmtree(base)
+    base = short_socket_dir
+    room = SOCKET_PATH_BUDGET - path_bytes(base / "x" / "rt-12345678.sock")
+    shared = base / ("s" * (room - len(private_name()) // 2))  # fits by itself, not with the subdirectory
+    shared.mkdir()
+    shared.chmod(0o1777)
+    allocate_socket_path(shared, "rt")  # the configured directory alone would fit
+    used = ensure_owner_only_dir(shared)
+    with pytest.raises(SocketPathError, match="shorter socket_dir"):
+        allocate_socket_path(used, "rt")
 
 
 # --- spill files -----------------------------------------------------------------------------------------------
@@ -427,8 +403,8 @@ def test_foreign_owned_spill_directory_is_refused(tmp_path: Path, monkeypatch: p
 # --- a runtime on the fake child: socket dir, logs ---------------------------------------------------------------
 
 
-async def test_runtime_makes_socket_and_log_dirs_0700_and_logs_0600(tmp_path: Path) -> None:
-    cfg = child_config(tmp_path, "perm")
+async def test_runtime_makes_socket_and_log_dirs_0700_and_logs_0600(tmp_path: Path, short_socket_dir: Path) -> None:
+    cfg = child_config(tmp_path, short_socket_dir, "perm")
     assert cfg.socket_dir is not None and cfg.log_dir is not None
     assert not cfg.socket_dir.exists()  # created by the runtime, with no umask to help
     stdout_log, stderr_log = log_paths(cfg.log_dir, cfg.runtime_id)
@@ -457,11 +433,11 @@ async def test_runtime_makes_socket_and_log_dirs_0700_and_logs_0600(tmp_path: Pa
 
 @pytest.mark.parametrize("problem", ["symlink", "foreign", "loose"])
 async def test_runtime_refuses_an_unsafe_socket_dir_before_spawning(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, problem: str
+    tmp_path: Path, short_socket_dir: Path, monkeypatch: pytest.MonkeyPatch, problem: str
 ) -> None:
     real = tmp_path / "real-sockets"
     real.mkdir(mode=0o700)
-    socket_dir = short_socket_dir(tmp_path, problem[:3])
+    socket_dir = short_socket_dir / problem[:3]
     if problem == "symlink":
         socket_dir.symlink_to(real)
         expected = "symlink"
@@ -474,7 +450,7 @@ async def test_runtime_refuses_an_unsafe_socket_dir_before_spawning(
         socket_dir.chmod(0o755)  # ours, but others may enter it: refused, not chmod-ed
         expected = "its mode is 0755"
     try:
-        cfg = child_config(tmp_path, problem[:3], socket_dir=socket_dir)
+        cfg = child_config(tmp_path, short_socket_dir, problem[:3], socket_dir=socket_dir)
         launcher = codex_trio.ProcessLauncher(cfg)
         with trio.fail_after(30), pytest.raises(SocketPathError, match=expected) as info:
             async with codex_trio.open_runtime(cfg, launcher=launcher):
@@ -533,10 +509,12 @@ class _Spawns:
         monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
 
 
-async def test_every_spawn_is_an_argv_without_a_shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_every_spawn_is_an_argv_without_a_shell(
+    tmp_path: Path, short_socket_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spawns = _Spawns()
     spawns.install(monkeypatch)
-    cfg = child_config(tmp_path, "shell")
+    cfg = child_config(tmp_path, short_socket_dir, "shell")
     assert cfg.socket_dir is not None
     launcher = codex_trio.ProcessLauncher(cfg)
     with trio.fail_after(60):
@@ -585,15 +563,16 @@ def _leaks(secret: str, texts: list[str]) -> list[str]:
 
 
 async def test_secrets_in_the_environment_never_appear_in_logs_events_errors_or_state(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, short_socket_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     secret = "sk-secret-" + secrets.token_hex(16)
     injected = "sk-injected-" + secrets.token_hex(16)
     caplog.set_level(logging.DEBUG, logger="codex_trio")
     monkeypatch.setenv("TASK_MAX_OUTPUT_LENGTH", "16")  # so the completion below spills to a file
-    base = child_config(tmp_path, "sec")
+    base = child_config(tmp_path, short_socket_dir, "sec")
     cfg = child_config(
         tmp_path,
+        short_socket_dir,
         "sec",
         extra_env={**base.extra_env, "OPENAI_API_KEY": secret},
         inject_env={"CODEX_API_KEY": injected},
@@ -667,12 +646,14 @@ async def test_secrets_in_the_environment_never_appear_in_logs_events_errors_or_
     assert _leaks(injected, seen) == []
 
 
-async def test_secret_is_not_in_a_failed_start_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_secret_is_not_in_a_failed_start_error(
+    tmp_path: Path, short_socket_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     secret = "sk-secret-" + secrets.token_hex(16)
     caplog.set_level(logging.DEBUG, logger="codex_trio")
-    base = child_config(tmp_path, "err")
+    base = child_config(tmp_path, short_socket_dir, "err")
     env = {**base.extra_env, "OPENAI_API_KEY": secret, "FAKE_APP_SERVER_EXIT": "1:Error: bad config"}
-    cfg = child_config(tmp_path, "err", extra_env=env)
+    cfg = child_config(tmp_path, short_socket_dir, "err", extra_env=env)
     with trio.fail_after(30), pytest.raises(codex_trio.AppServerExited) as info:
         async with codex_trio.open_runtime(cfg):
             pass  # pragma: no cover

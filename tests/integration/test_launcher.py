@@ -9,11 +9,9 @@ no autojump clock: every test has a ``fail_after`` guard and nothing asserts how
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -147,13 +145,9 @@ while True:
 
 
 @pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A short directory under /tmp: pytest's tmp_path can push socket paths past the sun_path budget."""
-    path = Path(tempfile.mkdtemp(prefix="ctlaunch-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def short_dir(short_socket_dir: Path) -> Path:
+    """The testing kit's ``short_socket_dir``: pytest's tmp_path can push socket paths past sun_path."""
+    return short_socket_dir
 
 
 @pytest.fixture

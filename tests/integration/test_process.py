@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import signal
 import stat
 import sys
@@ -63,13 +62,9 @@ GUARD = 20  # seconds; a hang fails the test instead of the run
 
 
 @pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A short directory under /tmp: pytest's tmp_path can push socket paths past sun_path."""
-    path = Path(tempfile.mkdtemp(prefix="ctproc-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def short_dir(short_socket_dir: Path) -> Path:
+    """The testing kit's ``short_socket_dir``: pytest's tmp_path can push socket paths past sun_path."""
+    return short_socket_dir
 
 
 @pytest.fixture

@@ -33,21 +33,21 @@ def fake_codex(tmp_path: Path, script: dict[str, object] | None = None) -> tuple
     return str(shim), env
 
 
-def config(tmp_path: Path, bin: str, env: dict[str, str]) -> RuntimeConfig:
+def config(tmp_path: Path, socket_dir: Path, bin: str, env: dict[str, str]) -> RuntimeConfig:
     return RuntimeConfig(
         runtime_id="child",
         codex_bin=bin,
         extra_env=env,
-        socket_dir=Path("/tmp") / f"ctr-sup-{os.getpid()}-{tmp_path.name[-10:]}",
+        socket_dir=socket_dir,
         log_dir=tmp_path / "logs",
         restart=RestartPolicy(base_delay=0.05, max_delay=0.2, max_restarts=50),
     )
 
 
 @pytest.mark.parametrize("how", ["sigkill", "exit-nonzero", "close-socket"])
-async def test_child_failures_restart_and_resume(tmp_path: Path, how: str) -> None:
+async def test_child_failures_restart_and_resume(tmp_path: Path, short_socket_dir: Path, how: str) -> None:
     bin, env = fake_codex(tmp_path, {"default": {"text": "ok", "delay": 0.05}})
-    cfg = config(tmp_path, bin, env)
+    cfg = config(tmp_path, short_socket_dir, bin, env)
     launcher = codex_trio.ProcessLauncher(cfg)
     with trio.fail_after(60):
         async with codex_trio.open_runtime(cfg, launcher=launcher) as runtime:
@@ -83,10 +83,12 @@ async def test_child_failures_restart_and_resume(tmp_path: Path, how: str) -> No
     assert not list(cfg.socket_dir.glob("*.sock"))  # type: ignore[union-attr]
 
 
-async def test_child_that_exits_at_once_fails_the_first_start_with_its_stderr(tmp_path: Path) -> None:
+async def test_child_that_exits_at_once_fails_the_first_start_with_its_stderr(
+    tmp_path: Path, short_socket_dir: Path
+) -> None:
     bin, env = fake_codex(tmp_path)
     env["FAKE_APP_SERVER_EXIT"] = '1:Error: approval_policy = "untrusted" is no longer supported'
-    cfg = config(tmp_path, bin, env)
+    cfg = config(tmp_path, short_socket_dir, bin, env)
     with trio.fail_after(30), pytest.raises(codex_trio.AppServerExited) as info:
         async with codex_trio.open_runtime(cfg):
             pass  # pragma: no cover
@@ -94,7 +96,7 @@ async def test_child_that_exits_at_once_fails_the_first_start_with_its_stderr(tm
     assert info.value.returncode == 1
 
 
-async def test_child_that_never_binds_fails_after_ready_timeout(tmp_path: Path) -> None:
+async def test_child_that_never_binds_fails_after_ready_timeout(tmp_path: Path, short_socket_dir: Path) -> None:
     bin, env = fake_codex(tmp_path)
     env["FAKE_APP_SERVER_BIND_DELAY"] = "never"
     cfg = RuntimeConfig(
@@ -102,7 +104,7 @@ async def test_child_that_never_binds_fails_after_ready_timeout(tmp_path: Path) 
         codex_bin=bin,
         extra_env=env,
         ready_timeout=0.5,
-        socket_dir=Path("/tmp") / f"ctr-nb-{os.getpid()}",
+        socket_dir=short_socket_dir,
         log_dir=tmp_path / "logs",
     )
     launcher = codex_trio.ProcessLauncher(cfg)
@@ -119,9 +121,11 @@ async def test_bad_binary_is_one_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("when", [0.0, 0.01, 0.05, 0.2, 0.6])
-async def test_cancelling_the_host_at_any_point_leaves_nothing(tmp_path: Path, when: float) -> None:
+async def test_cancelling_the_host_at_any_point_leaves_nothing(
+    tmp_path: Path, short_socket_dir: Path, when: float
+) -> None:
     bin, env = fake_codex(tmp_path, {"default": {"hang": True}})
-    cfg = config(tmp_path, bin, env)
+    cfg = config(tmp_path, short_socket_dir, bin, env)
     launcher = codex_trio.ProcessLauncher(cfg)
     with trio.move_on_after(when + 0.3 if when else 0.05):
         async with codex_trio.open_runtime(cfg, launcher=launcher) as runtime:
@@ -146,9 +150,11 @@ def no_core_dumps() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("no_core_dumps")
-async def test_a_crash_is_reported_by_its_exit_status_not_by_the_socket_close(tmp_path: Path) -> None:
+async def test_a_crash_is_reported_by_its_exit_status_not_by_the_socket_close(
+    tmp_path: Path, short_socket_dir: Path
+) -> None:
     bin, env = fake_codex(tmp_path)
-    cfg = config(tmp_path, bin, env)
+    cfg = config(tmp_path, short_socket_dir, bin, env)
     launcher = codex_trio.ProcessLauncher(cfg)
     with trio.fail_after(30):
         async with codex_trio.open_runtime(cfg, launcher=launcher) as runtime, runtime.events() as events:

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +31,9 @@ COMMAND_APPROVAL = "item/commandExecution/requestApproval"
 
 
 @pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A short directory under /tmp: pytest's tmp_path can push socket paths past sun_path."""
-    path = Path(tempfile.mkdtemp(prefix="ctr-appr-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def short_dir(short_socket_dir: Path) -> Path:
+    """The testing kit's ``short_socket_dir``: pytest's tmp_path can push socket paths past sun_path."""
+    return short_socket_dir
 
 
 @attrs.frozen

@@ -241,11 +241,11 @@ def last_user_tokens(model: MockModelServer) -> list[str]:
     return tokens
 
 
-async def test_chaos_on_the_real_binary(codex_bin: str, tmp_path: Path) -> None:
+async def test_chaos_on_the_real_binary(codex_bin: str, tmp_path: Path, short_socket_dir: Path) -> None:
     seed = chaos_seed()
     print(f"\nchaos seed: {seed} (replay with {SEED_ENV}={seed})")
     rng = random.Random(seed)
-    socket_root = Path("/tmp") / f"ctc-{os.getpid()}-{secrets.token_hex(3)}"
+    socket_root = short_socket_dir
     started = time.monotonic()
     hosts: list[Host] = []
     with MockModelServer(default=model_default(seed)) as model, trio.fail_after(150):

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,13 +39,9 @@ def codex_bin() -> str:
 
 
 @pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A short directory under /tmp for the sockets (pytest's tmp_path can exceed the sun_path budget)."""
-    path = Path(tempfile.mkdtemp(prefix="ctlr-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def short_dir(short_socket_dir: Path) -> Path:
+    """The testing kit's ``short_socket_dir``: pytest's tmp_path can push socket paths past sun_path."""
+    return short_socket_dir
 
 
 @pytest.fixture

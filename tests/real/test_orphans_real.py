@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,9 +137,9 @@ class Setup:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
+def setup(tmp_path: Path, short_socket_dir: Path) -> Iterator[Setup]:
     codex_bin = require_codex_bin()
-    short = Path(tempfile.mkdtemp(prefix="ctorph-"))
+    short = short_socket_dir
     fake = tmp_path / "fake-codex"
     fake.write_text(f'#!/bin/sh\nexec {sys.executable} -m codex_trio.testing.fake_app_server "$@"\n')
     fake.chmod(0o755)
@@ -189,7 +187,6 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
                             os.unlink(leftover)
                         except OSError:
                             pass
-            shutil.rmtree(short, ignore_errors=True)
 
 
 async def start_host(s: Setup, *, crash: bool = False) -> Host:

@@ -8,7 +8,6 @@ import hashlib
 import os
 import shutil
 import signal
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,13 +30,9 @@ def codex_bin() -> str:
 
 
 @pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A short directory under /tmp: pytest's tmp_path can push socket paths past sun_path."""
-    path = Path(tempfile.mkdtemp(prefix="ctproc-real-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def short_dir(short_socket_dir: Path) -> Path:
+    """The testing kit's ``short_socket_dir``: pytest's tmp_path can push socket paths past sun_path."""
+    return short_socket_dir
 
 
 def codex_side_socket(path: Path) -> Path:

@@ -24,6 +24,7 @@ from codex_trio._process import live_pids_in_group
 from codex_trio._render import ChannelInput
 from codex_trio._runtime import Runtime, open_runtime
 from codex_trio.testing._mock_model import Hang, MockModelServer, Text, write_codex_home
+from codex_trio.testing._pytest_plugin import short_dir
 from codex_trio.testing._real_codex import require_codex_bin
 
 pytestmark = pytest.mark.real_codex
@@ -34,27 +35,27 @@ async def real_runtime(
     tmp_path: Path, model: MockModelServer, **config: object
 ) -> AsyncIterator[tuple[Runtime, ProcessLauncher]]:
     home = write_codex_home(tmp_path / "home", model.url)
-    sockets = Path("/tmp") / f"ctr-{os.getpid()}-{tmp_path.name[-12:]}"
-    cfg = RuntimeConfig(
-        runtime_id="real",
-        codex_bin=require_codex_bin(),
-        codex_home=home,
-        cwd=tmp_path / "work",
-        sandbox_mode="read-only",
-        socket_dir=sockets,
-        log_dir=tmp_path / "logs",
-        spill_dir=tmp_path / "spill",
-        restart=RestartPolicy(base_delay=0.2, max_delay=1.0),
-        **config,  # type: ignore[arg-type]
-    )
-    launcher = ProcessLauncher(cfg)
-    try:
-        async with open_runtime(cfg, launcher=launcher) as runtime:
-            yield runtime, launcher
-    finally:
-        for pgid in launcher.pgids:
-            assert live_pids_in_group(pgid) == [], f"process group {pgid} still has live processes"
-        assert not any(sockets.glob("*.sock")), "a socket link of ours was left behind"
+    with short_dir() as sockets:
+        cfg = RuntimeConfig(
+            runtime_id="real",
+            codex_bin=require_codex_bin(),
+            codex_home=home,
+            cwd=tmp_path / "work",
+            sandbox_mode="read-only",
+            socket_dir=sockets,
+            log_dir=tmp_path / "logs",
+            spill_dir=tmp_path / "spill",
+            restart=RestartPolicy(base_delay=0.2, max_delay=1.0),
+            **config,  # type: ignore[arg-type]
+        )
+        launcher = ProcessLauncher(cfg)
+        try:
+            async with open_runtime(cfg, launcher=launcher) as runtime:
+                yield runtime, launcher
+        finally:
+            for pgid in launcher.pgids:
+                assert live_pids_in_group(pgid) == [], f"process group {pgid} still has live processes"
+            assert not any(sockets.glob("*.sock")), "a socket link of ours was left behind"
 
 
 async def test_turn_kill_restart_resume_and_queued_delivery(tmp_path: Path) -> None:

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
 import signal
 import stat
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -53,13 +51,9 @@ def no_core_dumps() -> Iterator[None]:
 
 
 @pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    """A short owner-only directory under /tmp (pytest's tmp_path can push socket paths past sun_path)."""
-    path = Path(tempfile.mkdtemp(prefix="ctr-supr-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def socket_dir(short_socket_dir: Path) -> Path:
+    """The testing kit's ``short_socket_dir``: pytest's tmp_path can push socket paths past sun_path."""
+    return short_socket_dir
 
 
 class _CodexSideFiles:

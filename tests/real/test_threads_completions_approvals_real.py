@@ -3,7 +3,6 @@ reaching the model, and a command approval declined by the default policy throug
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
@@ -17,14 +16,14 @@ from codex_trio.testing import ExecCommand, MockModelServer, Text, write_codex_h
 pytestmark = pytest.mark.real_codex
 
 
-def config(tmp_path: Path, codex_bin: str, home: Path, **extra: object) -> RuntimeConfig:
+def config(tmp_path: Path, socket_dir: Path, codex_bin: str, home: Path, **extra: object) -> RuntimeConfig:
     return RuntimeConfig(
         runtime_id="i5",
         codex_bin=codex_bin,
         codex_home=home,
         cwd=tmp_path / "work",
         sandbox_mode="read-only",
-        socket_dir=Path("/tmp") / f"ctr-i5-{os.getpid()}-{tmp_path.name[-10:]}",
+        socket_dir=socket_dir,
         log_dir=tmp_path / "logs",
         spill_dir=tmp_path / "spill",
         **extra,  # type: ignore[arg-type]
@@ -32,12 +31,12 @@ def config(tmp_path: Path, codex_bin: str, home: Path, **extra: object) -> Runti
 
 
 async def test_completion_inline_and_spilled_reach_the_model(
-    tmp_path: Path, codex_bin: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, short_socket_dir: Path, codex_bin: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TASK_MAX_OUTPUT_LENGTH", "200")
     with MockModelServer() as model, trio.fail_after(60):
         home = write_codex_home(tmp_path / "home", model.url)
-        async with codex_trio.open_runtime(config(tmp_path, codex_bin, home)) as runtime:
+        async with codex_trio.open_runtime(config(tmp_path, short_socket_dir, codex_bin, home)) as runtime:
             small = Completion("job-1", "researcher", "completed", "found 3 papers")
             assert (await runtime.completion_input(small)).status == "accepted"
             assert (await runtime.completion_input(small)).status == "accepted"  # idempotent: no second inject
@@ -62,7 +61,9 @@ async def test_completion_inline_and_spilled_reach_the_model(
     assert str(spill_file) in spilled[0]
 
 
-async def test_command_approval_declined_by_default_through_the_runtime(tmp_path: Path, codex_bin: str) -> None:
+async def test_command_approval_declined_by_default_through_the_runtime(
+    tmp_path: Path, short_socket_dir: Path, codex_bin: str
+) -> None:
     marker = tmp_path / "approved-marker.txt"
     with MockModelServer() as model, trio.fail_after(60):
         model.enqueue(
@@ -70,7 +71,7 @@ async def test_command_approval_declined_by_default_through_the_runtime(tmp_path
             Text("ok, not done"),
         )
         home = write_codex_home(tmp_path / "home", model.url, approval_policy="on-request")
-        cfg = config(tmp_path, codex_bin, home, approval_policy="on-request")
+        cfg = config(tmp_path, short_socket_dir, codex_bin, home, approval_policy="on-request")
         async with codex_trio.open_runtime(cfg) as runtime, runtime.events() as events:
             settled = await (await runtime.submit(ChannelInput("a", "touch it"))).settled()
             while not isinstance(event := await events.receive(), ServerRequestAnswered):

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import socket
 import sqlite3
 import stat
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +39,7 @@ from codex_trio._state import (
     _lock_name,
     open_state_store,
 )
+from codex_trio.testing._pytest_plugin import short_dir
 
 GUARD = 10  # seconds; a hang fails the test instead of the run
 _T = TypeVar("_T")
@@ -1204,8 +1204,8 @@ class StoreComparison(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.dir = tempfile.mkdtemp(prefix="ct-state-")
-        self.path = Path(self.dir) / "state.db"
+        self._cleanup = ExitStack()  # not a fixture: a directory per Hypothesis example
+        self.path = self._cleanup.enter_context(short_dir("state")) / "state.db"
         self.clock_value = 0.0
         # One clock for both: each operation reads it once per store, so both see the same time.
         self.ref = MemoryStateStore(clock=self._clock)
@@ -1349,7 +1349,7 @@ class StoreComparison(RuleBasedStateMachine):
         try:
             _run(self.db.aclose)
         finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            self._cleanup.close()
 
 
 StoreComparison.TestCase.settings = settings(
