@@ -391,19 +391,22 @@ class RuntimeCore:
         members: list[tuple[AdmitRequest, Submission]] = []
         answers: list[Answer] = []
         batch_ids: set[str] = set()
+        # Decided here, recorded only once the batch is accepted (a failed write must leave no trace). Between
+        # sessions, whatever is already queued wakes the next session's thread.
+        woken = self._woken or (self._session is None and bool(self._queue))
         while self._requests:
             request = self._requests.popleft()
             if request.withdrawn:
                 continue
             request.taken = True
             if request.kind == "notice":
-                if self._woken:
+                if woken:
                     answers.append(Answer(request, "skipped"))
                     continue
             elif request.source_id and (request.source_id in self._seen or request.source_id in batch_ids):
                 answers.append(Answer(request, "duplicate"))
                 continue
-            self._woken = True
+            woken = True
             if request.source_id:
                 batch_ids.add(request.source_id)
             sub = Submission(self._next_seq, request.source_id, request.kind, request.text)
@@ -425,6 +428,8 @@ class RuntimeCore:
         """The batch's durable submissions are in the store: they are accepted."""
         members, answers = self._writing.pop(batch)
         status: AnswerStatus = "submitted" if self._session is not None else "queued"
+        if members:
+            self._woken = True
         for request, sub in members:
             if sub.source_id:
                 self._remember(sub.source_id)
@@ -443,6 +448,7 @@ class RuntimeCore:
                 self._actions.append(Answer(request, "failed", error=error))
             else:
                 sub.state = "queued"
+                self._woken = True  # an accepted notice wakes the thread, even when the batch's write failed
                 self._queue.append(sub)
                 self._actions.append(Answer(request, "submitted" if self._session else "queued", sub))
         self._actions.extend(answers)
@@ -471,6 +477,8 @@ class RuntimeCore:
     def session_ready(self, generation: int, thread_id: str) -> None:
         """Session ``generation`` is up on ``thread_id`` (handshake done, thread started or resumed)."""
         assert generation > self._generation, "generations only grow"
+        if self._session is not None:  # the driver always ends a session first; never drop its inputs silently
+            self.session_lost(self._session.generation, "superseded by a new session")
         self._generation = generation
         self._session = _Session(generation, thread_id)
         # Input queued while no session was up wakes the new session's thread; a queued notice is its notice.
@@ -540,7 +548,7 @@ class RuntimeCore:
         self.abort(reason)
 
     def abort(self, reason: str = "runtime stopped") -> None:
-        """Stop now, without waiting for a batch being written: its callers are answered ``failed`` (the write's
+        """Stop now, without waiting for a batch being written: its callers are answered ``stopped`` (the write's
         outcome is unknown to us; with a durable store its inputs may still be delivered by the next start)."""
         self.close_admission()
         for batch in list(self._writing):
@@ -574,8 +582,10 @@ class RuntimeCore:
     def _pump(self) -> None:
         """Send the queue's head if nothing is in flight and the turn state allows it."""
         session = self._session
-        if session is None or session.sending is not None or not self._queue or self._in_doubt or self.stopped:
+        if session is None or session.sending is not None or not self._queue or self._in_doubt:
             return
+        if self.stopped or self._stop_reason is not None:
+            return  # stopping (maybe waiting for a batch being written): nothing more is sent
         target: _Turn | None = None
         if session.turns:
             if self.delivery_mode == "queue":
@@ -786,8 +796,10 @@ class RuntimeCore:
         parsed = _structure(params, p.TurnNotification)
         if parsed is None or parsed.turn.id in session.ended:
             return
-        # Ours (its turn/start answer is on the way) or not: either way an open turn, with a deadline.
+        # Ours (its turn/start answer is on the way) or not: either way an open turn, with a deadline. Input waiting
+        # behind a turn being interrupted may steer into this one.
         self._open_turn(session, parsed.turn.id, now)
+        self._pump()
 
     def _on_turn_completed(self, session: _Session, params: dict[str, Any], now: float) -> None:
         parsed = _structure(params, p.TurnNotification)
