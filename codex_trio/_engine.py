@@ -177,7 +177,9 @@ class Engine:
         # A subclass may override the async methods (tests gate them), so only the class itself qualifies.
         self._memory: MemoryStateStore | None = store if type(store) is MemoryStateStore else None
         self._send, self._receive = trio.open_memory_channel[Any](_INBOX)
-        self._persist_send, self._persist_receive = trio.open_memory_channel[StoredSettlement](_PERSIST_QUEUE)
+        self._persist_send, self._persist_receive = trio.open_memory_channel[tuple[Settlement, StoredSettlement]](
+            _PERSIST_QUEUE
+        )
         self._admissions: dict[int, Admission] = {}
         #: delivery token -> (seq, whether its request may have left us)
         self._flights: dict[int, tuple[int, _Flight]] = {}
@@ -358,13 +360,21 @@ class Engine:
         memory = self._memory
         for action in actions:
             if type(action) is Settle and action.persist:
-                self._settle(action.settlement)
+                # Durable first, then told: a caller told "interrupted, not sent again" must never see the next
+                # host send it after all because the store still had it in doubt.
                 s = action.settlement
                 stored = StoredSettlement(s.seq, s.source_id, s.outcome, s.turn_id, s.error, time.time())
                 if memory is not None:
-                    memory.settle_now(self.runtime_id, stored)
+                    try:
+                        memory.settle_now(self.runtime_id, stored)
+                    except LeaseLost:
+                        self._settle(s)
+                        raise
+                    except Exception as exc:
+                        log.warning("[%s] failed to persist settlement %s: %r", self.runtime_id, s.seq, exc)
+                    self._settle(s)
                 else:
-                    await self._persist_send.send(stored)
+                    await self._persist_send.send((s, stored))
             elif type(action) is Write and memory is not None:
                 self._write_now(memory, action)
             else:
@@ -536,18 +546,27 @@ class Engine:
             pass
 
     async def _persist_loop(self) -> None:
+        """Write settlements in order, and tell each caller once its settlement is durable."""
         try:
-            async for stored in self._persist_receive:
+            async for settlement, stored in self._persist_receive:
                 with trio.CancelScope(shield=True):
                     try:
                         await self._store.settle(self.runtime_id, stored)
                     except LeaseLost:
+                        self._settle(settlement)
                         raise
                     except Exception as exc:
                         log.warning("[%s] failed to persist settlement %s: %r", self.runtime_id, stored.seq, exc)
+                self._settle(settlement)
         finally:
-            # Also when cancelled (the caller of open_runtime was): what was not persisted stays pending or in doubt
-            # in the store, and the next start reconciles it.
+            # Also when cancelled (the caller of open_runtime was): whoever waits is told now. What was not written
+            # stays in doubt in the store, and the next start reconciles it with codex.
+            while True:
+                try:
+                    settlement, _ = self._persist_receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+                self._settle(settlement)
             self.persisted.set()
 
     async def _best_effort(self, what: str, write: Callable[..., Awaitable[None]], *args: Any) -> None:

@@ -72,24 +72,47 @@ async def load(store: StateStore, runtime_id: str, *, thread_id: str | None = No
 
 
 def decide(in_doubt: Sequence[Submission], turns: Any) -> tuple[frozenset[int], dict[int, TurnOutcome]]:
-    """Pure: given codex's recent turns (``thread/turns/list`` data, any order), which in-doubt inputs to send
-    again, and the outcome of the others that codex has."""
+    """Pure: given codex's recent turns (``thread/turns/list`` data, newest first), which in-doubt inputs to send
+    again, and the outcome of the others.
+
+    An input whose client id codex recorded settles with the outcome of the turn that carried it. One codex has no
+    record of is sent again — unless codex started a turn, after the newest turn with an input it did record,
+    that holds no input at all. codex writes a user message into the thread's history a moment before the item
+    that carries its client id (codex 0.169), so a host killed in between leaves exactly that: an input the model
+    has seen, with no record that says which. Sending again would deliver it twice; each unrecorded in-doubt input
+    settles ``interrupted`` instead (at most once, and said so).
+    """
     carriers: dict[str, p.Turn] = {}
+    anonymous_since_last_recorded = False
+    seen_recorded = False
     for raw in turns if isinstance(turns, list) else []:
         try:
             turn = p.structure(raw, p.Turn)
         except Exception:
             continue
-        for item in turn.items:
+        inputs = [item for item in turn.items if item.type == "userMessage"]
+        for item in inputs:
             client_id = item.raw.get("clientId")
-            if item.type == "userMessage" and isinstance(client_id, str):
+            if isinstance(client_id, str):
                 carriers.setdefault(client_id, turn)
+        if inputs:
+            seen_recorded = True
+        elif not seen_recorded:
+            anonymous_since_last_recorded = True
     resend: set[int] = set()
     outcomes: dict[int, TurnOutcome] = {}
     for sub in in_doubt:
         carrier = carriers.get(sub.client_id)
         if carrier is None:
-            resend.add(sub.seq)
+            if anonymous_since_last_recorded:
+                outcomes[sub.seq] = TurnOutcome(
+                    "interrupted",
+                    None,
+                    error="the previous host stopped while this input was in flight, and codex started a turn it "
+                    "did not record an input for: it may have this one, so it is not sent again",
+                )
+            else:
+                resend.add(sub.seq)
         elif carrier.status in ("completed", "failed", "interrupted"):
             outcomes[sub.seq] = outcome_of(carrier, carrier.items)
         else:

@@ -118,9 +118,28 @@ def start_ticks(pid: int) -> int | None:
         return None
 
 
+def _has_live_thread(pid: int) -> bool:
+    """Whether any thread of ``pid`` is still alive. After a SIGKILL a multi-threaded process (codex) can show
+    its main thread as a zombie while its other threads are still exiting, its socket still listening."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rfind(b")") + 2 :].split()
+        if fields and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
 def live_pids_in_group(pgid: int) -> list[int]:
-    """Pids of the live (not zombie) processes in group ``pgid``. Linux only: it reads every /proc/<pid>/stat,
-    so it is slow (milliseconds) and belongs off the Trio thread."""
+    """Pids of the live processes in group ``pgid``: not zombies, or zombies whose other threads still run.
+    Linux only: it reads every /proc/<pid>/stat, so it is slow (milliseconds) and belongs off the Trio thread."""
     if not os.path.isdir("/proc/self"):
         raise NotImplementedError("live_pids_in_group needs a Linux /proc")
     pids: list[int] = []
@@ -131,7 +150,7 @@ def live_pids_in_group(pgid: int) -> list[int]:
         if fields is None or len(fields) < 3:
             continue  # exited while we looked
         state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state not in (b"Z", b"X"):
+        if pgrp == pgid and (state not in (b"Z", b"X") or _has_live_thread(int(name))):
             pids.append(int(name))
     return sorted(pids)
 
