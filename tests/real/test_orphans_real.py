@@ -145,7 +145,14 @@ def setup(tmp_path: Path, short_socket_dir: Path) -> Iterator[Setup]:
     fake.chmod(0o755)
     (tmp_path / "script.json").write_text(json.dumps({"default": {"hang": True}}))
     with MockModelServer() as model:
-        common = {"sandbox_mode": "read-only", "log_dir": str(tmp_path / "logs"), "state_dir": str(tmp_path / "state")}
+        common = {
+            "sandbox_mode": "read-only",
+            "log_dir": str(tmp_path / "logs"),
+            "state_dir": str(tmp_path / "state"),
+            # A loaded CI machine may take long to start a Python child: what is tested is the host's death.
+            "ready_timeout": 60.0,
+            "handshake_timeout": 60.0,
+        }
         launchers: dict[str, dict[str, Any]] = {
             "real": {
                 "runtime_id": "orphan-real",
