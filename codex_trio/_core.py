@@ -105,6 +105,8 @@ class Submission:
     state: _State = "writing"
     generation: int | None = None
     turn_id: str | None = None
+    #: in doubt after a host crash: it was being steered into a running turn when that host died
+    steered: bool = False
 
     @property
     def durable(self) -> bool:
@@ -269,7 +271,7 @@ class RuntimeCore:
         next_seq: int = 1,
         seen: Iterable[str] = (),
         pending: Iterable[tuple[int, str, SubmissionKind, str]] = (),
-        in_doubt: Iterable[tuple[int, str, SubmissionKind, str]] = (),
+        in_doubt: Iterable[tuple[int, str, SubmissionKind, str, bool]] = (),
     ) -> None:
         if dedup_window < 0:
             raise ValueError("dedup_window must be >= 0")
@@ -289,8 +291,8 @@ class RuntimeCore:
             self._queue.append(Submission(seq, source_id, kind, text, state="queued"))
             self._next_seq = max(self._next_seq, seq + 1)
         self._in_doubt: dict[int, Submission] = {}
-        for seq, source_id, kind, text in sorted(in_doubt):
-            self._in_doubt[seq] = Submission(seq, source_id, kind, text, state="in_doubt")
+        for seq, source_id, kind, text, steered in sorted(in_doubt):
+            self._in_doubt[seq] = Submission(seq, source_id, kind, text, state="in_doubt", steered=steered)
             self._next_seq = max(self._next_seq, seq + 1)
         self._session: _Session | None = None
         self._generation = 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Final
 
 import attrs
@@ -485,10 +486,13 @@ class Engine:
         if sub.durable:
             # In doubt from here until it settles: a host that dies now must not make the next one send it again
             # without first asking codex whether it has it.
+            steered = action.method == "turn/steer"
             if self._memory is not None:
-                self._memory.delivering_now(self.runtime_id, sub.seq)
+                self._memory.delivering_now(self.runtime_id, sub.seq, steered=steered)
             else:
-                await self._best_effort("mark input in doubt", self._store.delivering, self.runtime_id, sub.seq)
+                await self._best_effort(
+                    "mark input in doubt", partial(self._store.delivering, steered=steered), self.runtime_id, sub.seq
+                )
         text = [p.TextInput(sub.text)]
         params: Any
         if action.method == "turn/start":

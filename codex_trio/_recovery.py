@@ -42,7 +42,7 @@ class Restored:
     next_seq: int
     seen: tuple[str, ...]
     pending: tuple[tuple[int, str, SubmissionKind, str], ...]
-    in_doubt: tuple[tuple[int, str, SubmissionKind, str], ...]
+    in_doubt: tuple[tuple[int, str, SubmissionKind, str, bool], ...]
     completions: CompletionLedgerSnapshot | None
 
 
@@ -58,9 +58,8 @@ async def load(store: StateStore, runtime_id: str, *, thread_id: str | None = No
     child = snapshot.record.child
     if child is not None and await trio.to_thread.run_sync(reap_orphan, child):
         log.warning("[%s] reaped an app-server left running by a previous host (%s)", runtime_id, child)
-    rows = [(s.seq, s.source_id, _kind(s.kind), s.text) for s in snapshot.pending]
-    in_doubt = tuple(row for row, s in zip(rows, snapshot.pending, strict=True) if s.delivering)
-    pending = tuple(row for row, s in zip(rows, snapshot.pending, strict=True) if not s.delivering)
+    in_doubt = tuple((s.seq, s.source_id, _kind(s.kind), s.text, s.steered) for s in snapshot.pending if s.delivering)
+    pending = tuple((s.seq, s.source_id, _kind(s.kind), s.text) for s in snapshot.pending if not s.delivering)
     return Restored(
         thread_id=thread_id if thread_id is not None else snapshot.record.thread_id,
         next_seq=snapshot.next_seq,
@@ -76,11 +75,12 @@ def decide(in_doubt: Sequence[Submission], turns: Any) -> tuple[frozenset[int], 
     again, and the outcome of the others.
 
     An input whose client id codex recorded settles with the outcome of the turn that carried it. One codex has no
-    record of is sent again — unless codex started a turn, after the newest turn with an input it did record,
-    that holds no input at all. codex writes a user message into the thread's history a moment before the item
-    that carries its client id (codex 0.169), so a host killed in between leaves exactly that: an input the model
-    has seen, with no record that says which. Sending again would deliver it twice; each unrecorded in-doubt input
-    settles ``interrupted`` instead (at most once, and said so).
+    record of is sent again — unless codex may have it after all. codex writes a user message into the thread's
+    history a moment before the item that carries its client id (codex 0.169), so a host killed in between leaves
+    an input the model has seen with no record that says so. For a ``turn/start`` that shows as a turn, after the
+    newest turn with an input codex did record, that holds no input at all; for a ``turn/steer`` it shows as
+    nothing, so a steered input codex has no record of is never sent again. Each such input settles
+    ``interrupted`` instead (at most once, and said so).
     """
     carriers: dict[str, p.Turn] = {}
     anonymous_since_last_recorded = False
@@ -104,7 +104,14 @@ def decide(in_doubt: Sequence[Submission], turns: Any) -> tuple[frozenset[int], 
     for sub in in_doubt:
         carrier = carriers.get(sub.client_id)
         if carrier is None:
-            if anonymous_since_last_recorded:
+            if sub.steered:
+                outcomes[sub.seq] = TurnOutcome(
+                    "interrupted",
+                    None,
+                    error="the previous host stopped while steering this input into a running turn; codex keeps no "
+                    "record of it, but may have it in the turn's history, so it is not sent again",
+                )
+            elif anonymous_since_last_recorded:
                 outcomes[sub.seq] = TurnOutcome(
                     "interrupted",
                     None,

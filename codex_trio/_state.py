@@ -132,9 +132,12 @@ class StoredSubmission:
     kind: str  # "channel" | "system" | "trigger"
     text: str  # the rendered text sent to codex
     accepted_at: float
-    #: set by :meth:`StateStore.delivering` just before the request that carries it is sent: after a host crash
-    #: such a submission is *in doubt* (codex may have it) and must not be sent again.
+    #: set by :meth:`StateStore.delivering` just before the request that carries it is sent, and kept until it
+    #: settles: after a host crash such a submission is *in doubt* (codex may have it) and is reconciled with
+    #: codex before anything is sent again.
     delivering: bool = False
+    #: it was being steered into a running turn (``turn/steer``) rather than starting one
+    steered: bool = False
 
 
 @attrs.frozen
@@ -244,8 +247,9 @@ class StateStore(Protocol):
         """
         ...
 
-    async def delivering(self, runtime_id: str, seq: int) -> None:
-        """The submission is about to be sent to codex: mark it in doubt until ``delivered`` (no-op when absent)."""
+    async def delivering(self, runtime_id: str, seq: int, *, steered: bool = False) -> None:
+        """The submission is about to be sent to codex (``steered``: into a running turn): mark it in doubt until
+        it settles (no-op when absent). A later call for the same seq replaces the mark."""
         ...
 
     async def delivered(self, runtime_id: str, seq: int) -> None:
@@ -543,10 +547,10 @@ class MemoryStateStore:
             rt.pending[sub.seq] = sub
         rt.next_seq = batch[-1].seq + 1
 
-    def delivering_now(self, runtime_id: str, seq: int) -> None:
+    def delivering_now(self, runtime_id: str, seq: int, *, steered: bool = False) -> None:
         rt = self._writer(runtime_id)
         if seq in rt.pending:
-            rt.pending[seq] = attrs.evolve(rt.pending[seq], delivering=True)
+            rt.pending[seq] = attrs.evolve(rt.pending[seq], delivering=True, steered=steered)
 
     def settle_now(self, runtime_id: str, settlement: StoredSettlement, *, keep: int = 1000) -> None:
         rt = self._writer(runtime_id)
@@ -554,8 +558,8 @@ class MemoryStateStore:
         del rt.settlements[: max(0, len(rt.settlements) - max(0, keep))]
         rt.pending.pop(settlement.seq, None)
 
-    async def delivering(self, runtime_id: str, seq: int) -> None:
-        await _atomically(lambda: self.delivering_now(runtime_id, seq))
+    async def delivering(self, runtime_id: str, seq: int, *, steered: bool = False) -> None:
+        await _atomically(lambda: self.delivering_now(runtime_id, seq, steered=steered))
 
     async def delivered(self, runtime_id: str, seq: int) -> None:
         await _atomically(lambda: self._writer(runtime_id).pending.pop(seq, None))
@@ -729,7 +733,8 @@ def _pragma_int(conn: sqlite3.Connection, name: str) -> int:
 
 def _submission(values: list[Any]) -> StoredSubmission:
     seq, source_id, kind, text, accepted_at, delivering = values
-    return StoredSubmission(seq, source_id, kind, text, accepted_at, bool(delivering))
+    # The column holds 0 (not sent yet), 1 (being sent: turn/start) or 2 (being sent: turn/steer).
+    return StoredSubmission(seq, source_id, kind, text, accepted_at, bool(delivering), delivering == 2)
 
 
 def _bind(value: Any) -> Any:
@@ -1492,11 +1497,12 @@ class SqliteStateStore:
 
         await self._write(runtime_id, write)
 
-    async def delivering(self, runtime_id: str, seq: int) -> None:
+    async def delivering(self, runtime_id: str, seq: int, *, steered: bool = False) -> None:
         rid = _bind(runtime_id)
+        mark = 2 if steered else 1
 
         def write(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE pending SET delivering = 1 WHERE runtime_id = ? AND seq = ?", (rid, seq))
+            conn.execute("UPDATE pending SET delivering = ? WHERE runtime_id = ? AND seq = ?", (mark, rid, seq))
 
         await self._write(runtime_id, write)
 

@@ -100,15 +100,19 @@ def _fake_server_class() -> type[Any]:
     from codex_trio.testing._fake_app_server import FakeAppServer, _FakeConnection
 
     class JournallingFakeAppServer(FakeAppServer):
+        def _record_user_message(self, thread: Any, turn_id: str, params: dict[str, Any], texts: list[str]) -> None:
+            # Journalled where the fake records the input (its state, which thread/turns/list reports), and first:
+            # a kill can never leave an input in the fake's record that the journal does not show as delivered.
+            _journal("turn/steer" if "expectedTurnId" in params else "turn/start", params)
+            super()._record_user_message(thread, turn_id, params, texts)
+
         async def _m_turn_start(self, conn: _FakeConnection, params: dict[str, Any]) -> dict[str, Any]:
             result = await super()._m_turn_start(conn, params)
-            _journal("turn/start", params)
             await _after_delivery(params)
             return result
 
         async def _m_turn_steer(self, conn: _FakeConnection, params: dict[str, Any]) -> dict[str, Any]:
             result = await super()._m_turn_steer(conn, params)  # a refused steer raises: not delivered
-            _journal("turn/steer", params)
             await _after_delivery(params)
             return result
 

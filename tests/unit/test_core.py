@@ -394,7 +394,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.lives += 1
         rows = [(seq, *row) for seq, row in sorted(self.store.items())]
         pending = [row for row in rows if row[0] not in self.delivering]
-        in_doubt = [row for row in rows if row[0] in self.delivering]
+        in_doubt = [(*row, False) for row in rows if row[0] in self.delivering]
         self.core = RuntimeCore(
             delivery_mode=self.mode,
             dedup_window=self.window,
@@ -2261,7 +2261,7 @@ def test_a_failed_write_does_not_count_as_waking_the_thread() -> None:
 def test_reconciliation_gates_delivery_and_resent_inputs_go_first() -> None:
     d = Driver(
         seen=["x", "y", "z"],
-        in_doubt=[(2, "y", "channel", "two"), (1, "x", "channel", "one")],
+        in_doubt=[(2, "y", "channel", "two", False), (1, "x", "channel", "one", True)],
         pending=[(3, "z", "channel", "three")],
     )
     assert [(s.seq, s.state) for s in d.core.in_doubt()] == [(1, "in_doubt"), (2, "in_doubt")]
@@ -2279,7 +2279,10 @@ def test_reconciliation_gates_delivery_and_resent_inputs_go_first() -> None:
 
 
 def test_in_doubt_input_reconciled_before_the_session_goes_first() -> None:
-    d = Driver(in_doubt=[(1, "x", "channel", "one"), (2, "", "system", "two")], pending=[(3, "z", "trigger", "x")])
+    d = Driver(
+        in_doubt=[(1, "x", "channel", "one", False), (2, "", "system", "two", False)],
+        pending=[(3, "z", "trigger", "x")],
+    )
     d.core.reconciled({1, 2}, {})
     assert d.take() == []
     assert [s.seq for s in d.core.queued()] == [1, 2, 3]
@@ -2287,7 +2290,7 @@ def test_in_doubt_input_reconciled_before_the_session_goes_first() -> None:
 
 
 def test_in_doubt_input_codex_has_without_an_outcome_settles_interrupted() -> None:
-    d = Driver(in_doubt=[(1, "x", "channel", "one")])
+    d = Driver(in_doubt=[(1, "x", "channel", "one", False)])
     d.core.reconciled(set(), {})
     (settlement,) = settled(d.take())
     assert (settlement.seq, settlement.outcome, settlement.generation) == (1, "interrupted", None)
@@ -2318,7 +2321,7 @@ def test_stop_settles_everything_open_without_persisting() -> None:
 
 
 def test_stop_settles_undecided_in_doubt_input_stopped() -> None:
-    d = Driver(in_doubt=[(1, "x", "channel", "one")])
+    d = Driver(in_doubt=[(1, "x", "channel", "one", False)])
     d.core.stop()
     (settle,) = d.take()
     assert settle == Settle(Settlement(1, "x", "stopped", error="runtime stopped"), persist=False)
