@@ -838,6 +838,11 @@ def _os_detail(exc: OSError, directory: str) -> str:
     return exc.strerror or str(exc)
 
 
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+
+
 def _translate(exc: sqlite3.Error, path: str, busy_timeout: float) -> StateStoreError:
     """One :class:`StateStoreError` per kind of failure, each saying what it is and what to do."""
     code = getattr(exc, "sqlite_errorcode", None)
@@ -1079,33 +1084,51 @@ class SqliteStateStore:
         return conn
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
+        """Check the file is ours, switch it to WAL and migrate it, retrying while another opener holds it.
+
+        Several processes may open a fresh file at the same moment: one converts it to WAL and migrates it while
+        the others look. SQLite answers some of those collisions with an immediate SQLITE_BUSY that skips the
+        busy handler (two connections upgrading their locks at once would deadlock), so the whole step is
+        retried here until ``busy_timeout`` has passed, and only then reported as locked."""
+        deadline = time.monotonic() + self._busy_timeout
+        pause = 0.005
+        while True:
+            try:
+                self._prepare_once(conn)
+                return
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise _translate(exc, self._path, self._busy_timeout) from exc
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+    def _prepare_once(self, conn: sqlite3.Connection) -> None:
         path = self._path
-        try:
-            # Look before touching anything: a stranger's or a newer database is not ours to convert to WAL.
-            version = _pragma_int(conn, "user_version")
-            app_id = _pragma_int(conn, "application_id")
-            foreign = version == 0 and _has_tables(conn)
-        except sqlite3.Error as exc:
-            # Locked, unreadable or damaged: _translate tells them apart (only damage is called corrupt).
-            raise _translate(exc, path, self._busy_timeout) from exc
+        # Look before touching anything: a stranger's or a newer database is not ours to convert to WAL. One
+        # statement, so one snapshot: a concurrent opener's migration is seen whole or not at all (read in two
+        # steps, "no version" and "tables" could straddle its commit and look like a stranger's file).
+        version, app_id, tables = conn.execute(
+            "SELECT (SELECT user_version FROM pragma_user_version), "
+            "(SELECT application_id FROM pragma_application_id), "
+            "(SELECT count(*) FROM sqlite_master)"
+        ).fetchone()
         if version > SCHEMA_VERSION:
             raise _newer_schema(path, version)
-        if foreign:
+        if version == 0 and tables:
             raise _foreign(path)
         if app_id not in (0, APPLICATION_ID):
             raise StateStoreError(
                 f"state store {path} belongs to another application (SQLite application_id {app_id}); it was "
                 f"left untouched. Choose another path for the state store"
             )
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            conn.execute("PRAGMA synchronous = FULL")
-            if version < SCHEMA_VERSION:
-                _apply_migrations(conn, path)
-            problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
-        except sqlite3.Error as exc:
-            raise _translate(exc, path, self._busy_timeout) from exc
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        conn.execute("PRAGMA synchronous = FULL")
+        if version < SCHEMA_VERSION:
+            _apply_migrations(conn, path)
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
         if problems != ["ok"]:
             raise _corrupt(path, "; ".join(str(p) for p in problems[:3]))
 

@@ -1359,3 +1359,39 @@ StoreComparison.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestStoreComparison = StoreComparison.TestCase
+
+
+def _open_each(paths: list[str], barrier: Any, answers: Any) -> None:
+    """In a separate process: open each fresh file the moment every opener is ready."""
+    for path in paths:
+        barrier.wait()
+        store = SqliteStateStore(path)
+        try:
+            store._connect()
+            answers.put((path, "ok"))
+        except StateStoreError as exc:
+            answers.put((path, str(exc)))
+
+
+def test_sqlite_processes_opening_a_fresh_file_at_once(tmp_path: Path) -> None:
+    # Two hosts started together on a new database: one creates, converts and migrates it while the others
+    # look. Each must open it (before the fix: 10 of 60 rounds had an opener told the file was a stranger's,
+    # seen between the migration's steps, or "locked" by SQLite's deadlock-avoiding immediate BUSY).
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    openers, rounds = 3, 40
+    paths = [str(tmp_path / f"fresh{i}.db") for i in range(rounds)]
+    barrier, answers = ctx.Barrier(openers), ctx.Queue()
+    procs = [ctx.Process(target=_open_each, args=(paths, barrier, answers)) for _ in range(openers)]
+    for proc in procs:
+        proc.start()
+    try:
+        got = [answers.get(timeout=120) for _ in range(openers * rounds)]
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    failed = [(path, answer) for path, answer in got if answer != "ok"]
+    assert failed == []
