@@ -38,6 +38,7 @@ from ._errors import BinaryNotFound, CodexTrioError
 from ._events import AgentMessageDelta, Event, Restarting, StatusChanged, SubmissionSettled
 from ._launcher import ProcessLauncher
 from ._paths import resolve_codex_bin
+from ._pins import PINNED_CODEX_VERSION
 from ._policy import RestartPolicy
 from ._render import ChannelInput
 from ._runtime import Runtime, open_runtime
@@ -385,7 +386,10 @@ def run_demo_command(args: argparse.Namespace, out: Console, err: Console) -> in
         codex_bin = resolve_codex_bin(args.codex_bin)
     except BinaryNotFound as exc:
         err.line(f"codex-trio demo: error: {exc}", "red")
-        err.line("codex-trio demo: `./dev demo` installs codex 0.169.0 into .codex-npm and runs this demo with it")
+        err.line(
+            f"codex-trio demo: `./dev demo` installs codex {PINNED_CODEX_VERSION} into .codex-npm "
+            "and runs this demo with it"
+        )
         return EXIT_FAILED
 
     async def stoppable() -> None:

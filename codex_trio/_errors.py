@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ._pins import PINNED_CODEX_VERSION
+
 __all__ = [
     "AppServerExited",
     "AppServerNotReady",
@@ -141,7 +143,7 @@ class BinaryNotFound(ProcessError):
         lines = "; ".join(tried)
         super().__init__(
             f"no runnable codex binary found (tried: {lines}){': ' + detail if detail else ''}. "
-            f"Install it with `npm install @openai/codex@0.169.0`, set RuntimeConfig.codex_bin, "
+            f"Install it with `npm install @openai/codex@{PINNED_CODEX_VERSION}`, set RuntimeConfig.codex_bin, "
             f"or set CODEX_TRIO_CODEX_BIN"
         )
         self.tried = list(tried)

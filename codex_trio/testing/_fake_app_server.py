@@ -24,6 +24,7 @@ import trio
 import trio_websocket
 
 from .._errors import ConnectionLost
+from .._pins import PINNED_CODEX_VERSION
 from .._transport import DEFAULT_MAX_MESSAGE_SIZE, MessageStream, WebSocketMessageStream
 
 __all__ = ["FakeAppServer", "FakeRpcError", "ServerRequestSpec", "TurnScript"]
@@ -332,7 +333,7 @@ class FakeAppServer:
             raise FakeRpcError("Already initialized")
         conn._did_initialize = True  # type: ignore[attr-defined]
         return {
-            "userAgent": "codex_trio_fake/0.169.0 (fake)",
+            "userAgent": f"codex_trio_fake/{PINNED_CODEX_VERSION} (fake)",
             "codexHome": "/nonexistent/fake-codex-home",
             "platformFamily": "unix",
             "platformOs": "linux",
@@ -340,7 +341,7 @@ class FakeAppServer:
 
     def _thread_payload(self, thread: _Thread) -> dict[str, Any]:
         return {
-            "thread": {"id": thread.id, "status": {"type": "idle"}, "turns": [], "cliVersion": "0.169.0"},
+            "thread": {"id": thread.id, "status": {"type": "idle"}, "turns": [], "cliVersion": PINNED_CODEX_VERSION},
             "model": "fake-model",
             "modelProvider": "fake",
             "cwd": "/",

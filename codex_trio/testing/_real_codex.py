@@ -13,10 +13,13 @@ import subprocess
 from pathlib import Path
 
 from .._errors import ProcessError
+from .._pins import PINNED_CODEX_VERSION
 
-__all__ = ["codex_version", "find_codex_bin", "require_codex_bin"]
+__all__ = ["codex_version", "expected_codex_version", "find_codex_bin", "require_codex_bin"]
 
 ENV_VAR = "CODEX_TRIO_CODEX_BIN"
+#: Set by ``./dev compat`` to the version it runs the real suite against; unset, the pin is expected.
+EXPECTED_VERSION_ENV_VAR = "CODEX_TRIO_EXPECTED_CODEX_VERSION"
 
 # Same globs as `./dev`'s codex_bin(): the platform package may sit at the top level or be nested.
 _NATIVE_GLOBS = (
@@ -81,7 +84,7 @@ def require_codex_bin() -> str:
     why = f"{ENV_VAR}={env_bin!r} is not an executable file; " if env_bin else ""
     message = (
         f"the real codex binary was not found ({why}no .codex-npm install, no `codex` on PATH). "
-        f"Install it with `./dev setup` (npm install @openai/codex@0.169.0 into .codex-npm) "
+        f"Install it with `./dev setup` (npm install @openai/codex@{PINNED_CODEX_VERSION} into .codex-npm) "
         f"or set {ENV_VAR} to the binary"
     )
     if _ci_is_set():
@@ -90,7 +93,7 @@ def require_codex_bin() -> str:
 
 
 def codex_version(bin: str) -> str:
-    """What ``bin --version`` prints, e.g. ``"codex-cli 0.169.0"``."""
+    """What ``bin --version`` prints, e.g. ``"codex-cli 0.171.0"``."""
     try:
         done = subprocess.run([bin, "--version"], capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -98,3 +101,13 @@ def codex_version(bin: str) -> str:
     if done.returncode != 0:
         raise ProcessError(f"{bin!r} --version exited with status {done.returncode}: {done.stderr.strip()[-500:]}")
     return done.stdout.strip()
+
+
+def expected_codex_version() -> str:
+    """The ``X.Y.Z`` the binary under test must report: the pin, or the version ``./dev compat`` is running.
+
+    Tests compare against this rather than a literal, so bumping :data:`codex_trio._pins.PINNED_CODEX_VERSION`
+    (and ``./dev`` with it) is the whole of a codex upgrade, and ``./dev compat`` can run the same suite on
+    another version.
+    """
+    return os.environ.get(EXPECTED_VERSION_ENV_VAR, "").strip() or PINNED_CODEX_VERSION

@@ -1,4 +1,4 @@
-"""The doctor and the CLI arguments of ``_config`` against the real codex binary (0.169.0).
+"""The doctor and the CLI arguments of ``_config`` against the real codex binary (the pinned version).
 
 What these tests established about codex 0.169 (and what they keep checking):
 
@@ -33,7 +33,7 @@ from codex_trio._config import (
 from codex_trio._doctor import doctor
 from codex_trio._errors import ConfigError
 from codex_trio.testing._mock_model import write_codex_home
-from codex_trio.testing._real_codex import require_codex_bin
+from codex_trio.testing._real_codex import expected_codex_version, require_codex_bin
 
 pytestmark = pytest.mark.real_codex
 
@@ -72,9 +72,10 @@ async def test_doctor_on_the_real_binary(codex_bin: str, codex_home: Path, tmp_p
     with trio.fail_after(60):
         report = await doctor(config)
     assert report.ok, report.render()
-    assert report.codex_version == (0, 169, 0)
+    expected = expected_codex_version()
+    assert report.codex_version == tuple(int(part) for part in expected.split("."))
     version = next(f for f in report.findings if f.name == "codex version")
-    assert version.ok and version.detail.startswith("codex-cli 0.169.0")
+    assert version.ok and version.detail.startswith(f"codex-cli {expected}")
     # The mock provider has neither env_key nor requires_openai_auth: no auth needed, and codex agrees.
     auth = next(f for f in report.findings if f.name == "auth")
     assert auth.ok and "needs no auth" in auth.detail
@@ -102,7 +103,7 @@ async def test_strict_config_accepts_our_args(codex_bin: str, codex_home: Path, 
     config = RuntimeConfig(codex_home=codex_home, approval_policy=approval, sandbox_mode=sandbox)
     rc, reply = await _print_startup_config(codex_bin, config)
     assert rc == 0, reply
-    assert reply["appServerVersion"] == "0.169.0"
+    assert reply["appServerVersion"] == expected_codex_version()
 
 
 async def test_strict_config_accepts_mcp_servers_with_any_name(codex_bin: str, codex_home: Path) -> None:
@@ -190,7 +191,7 @@ async def test_app_server_starts_with_our_args(
         try:
             peer = StdioPeer(proc)
             reply = await peer.request("initialize", {"clientInfo": {"name": config.client_name, "version": "0"}})
-            assert reply["result"]["userAgent"].startswith("codex_trio_doctor_test/0.169.0"), reply
+            assert reply["result"]["userAgent"].startswith(f"codex_trio_doctor_test/{expected_codex_version()}"), reply
             await peer.send({"method": "initialized"})
             read = await peer.request("config/read", {})
             effective = read["result"]["config"]
