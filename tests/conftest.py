@@ -32,6 +32,9 @@ from collections.abc import Iterable
 import attrs
 import pytest
 
+# The testing kit's fixtures (fake_app_server, mock_model, codex_bin, codex_home, short_socket_dir, ...): opt-in,
+# as for any user of the package. examples/conftest.py does the same for the examples.
+pytest_plugins = ["codex_trio.testing.pytest_plugin"]
 #: Name prefixes in /tmp that look like this suite's, for the note about entries this process did not make.
 OUR_PREFIXES = ("ctr-", "ctc-", "ctb-", "ctdemo-", "codex-trio-", "ctproc-", "ctlaunch-", "ctlr-", "ctorph-", "ct-")
 GRACE = 10.0  # seconds our own background cleaners (watcher processes) get before a leftover counts

@@ -6,8 +6,9 @@
 * :class:`FakeLauncher` — run a whole runtime against a FakeAppServer in virtual time, with kills and drops.
 * :class:`MockModelServer` — the OpenAI Responses API over SSE on 127.0.0.1, scripted, so the *real* codex binary
   runs offline; :func:`write_codex_home` points a fresh ``CODEX_HOME`` at it.
-* pytest fixtures (registered automatically): ``fake_app_server``, ``fake_launcher``, ``mock_model``,
-  ``codex_bin``, ``codex_home``.
+* pytest fixtures, opt-in: ``pytest_plugins = ["codex_trio.testing.pytest_plugin"]`` in your top-level
+  ``conftest.py`` gives ``fake_app_server``, ``fake_launcher``, ``mock_model``, ``codex_bin``, ``codex_home`` and
+  ``short_socket_dir`` (installing the package registers nothing with pytest).
 """
 
 from ._fake_app_server import (

@@ -40,7 +40,7 @@ from codex_trio._render import ChannelInput
 from codex_trio._runtime import Admission, Runtime, open_runtime
 from codex_trio._settlement import Settlement
 from codex_trio._transport import MessageStream
-from codex_trio.testing._pytest_plugin import short_dir
+from codex_trio.testing.pytest_plugin import short_dir
 
 Phase = Literal["spawn", "readiness", "handshake", "turn", "backoff"]
 

@@ -24,8 +24,8 @@ from codex_trio._process import live_pids_in_group
 from codex_trio._render import ChannelInput
 from codex_trio._runtime import Runtime, open_runtime
 from codex_trio.testing._mock_model import Hang, MockModelServer, Text, write_codex_home
-from codex_trio.testing._pytest_plugin import short_dir
 from codex_trio.testing._real_codex import require_codex_bin
+from codex_trio.testing.pytest_plugin import short_dir
 
 pytestmark = pytest.mark.real_codex
 

@@ -39,7 +39,7 @@ from codex_trio._state import (
     _lock_name,
     open_state_store,
 )
-from codex_trio.testing._pytest_plugin import short_dir
+from codex_trio.testing.pytest_plugin import short_dir
 
 GUARD = 10  # seconds; a hang fails the test instead of the run
 _T = TypeVar("_T")

@@ -1,4 +1,14 @@
-"""pytest fixtures of the codex_trio testing kit (registered through the ``pytest11`` entry point)."""
+"""pytest fixtures of the codex_trio testing kit. Opt-in: installing codex_trio registers nothing with pytest.
+
+Enable them in your top-level ``conftest.py``::
+
+    pytest_plugins = ["codex_trio.testing.pytest_plugin"]
+
+Fixtures: ``fake_app_server``, ``fake_launcher``, ``mock_model``, ``codex_bin``, ``codex_home``,
+``short_socket_dir``; the ``real_codex`` marker. :func:`short_dir` is the context manager behind
+``short_socket_dir``. (An entry point would put these generic names into every pytest run of any environment that
+installs the package, which is why there is none.)
+"""
 
 from __future__ import annotations
 
