@@ -40,7 +40,7 @@ async def main(workdir: Path, codex_bin: str) -> dict[str, str]:
                     results[name] = await run_one(name, config, store)
 
                 nursery.start_soon(one)
-        records = {r.runtime_id: r.status for r in await store.list_runtimes()}
+        records: dict[str, str] = {r.runtime_id: r.status for r in await store.list_runtimes()}
         await store.aclose()
     for name, text in sorted(results.items()):
         print(f"{name}: {records[name]} — last reply {text!r}")

@@ -650,16 +650,16 @@ def test_schedule_waits_after_readiness_and_for_the_handler() -> None:
     start = 1000.0
     connectable = start - 0.001
     sent = drive(StopSchedule(1.0, connectable_at=connectable), handler_at=connectable + 0.1, exit_at=start + 1)
-    assert sent[0] == (pytest.approx(connectable + 0.1, abs=0.006), "SIGTERM")
+    assert sent[0][1] == "SIGTERM" and sent[0][0] == pytest.approx(connectable + 0.1, abs=0.006)
     # never any handler: it gives up waiting at HANDLER_WAIT
     sent = drive(StopSchedule(1.0, connectable_at=connectable), handler_at=None, exit_at=start + 1)
-    assert sent[0] == (pytest.approx(connectable + HANDLER_WAIT, abs=0.006), "SIGTERM")
+    assert sent[0][1] == "SIGTERM" and sent[0][0] == pytest.approx(connectable + HANDLER_WAIT, abs=0.006)
     # the handler was there already: only the fixed delay after readiness
     sent = drive(StopSchedule(1.0, connectable_at=connectable), handler_at=0.0, exit_at=start + 1)
-    assert sent[0] == (pytest.approx(connectable + TERM_AFTER_CONNECTABLE), "SIGTERM")
+    assert sent[0][1] == "SIGTERM" and sent[0][0] == pytest.approx(connectable + TERM_AFTER_CONNECTABLE)
     # no /proc to ask: the fixed delay too
     sent = drive(StopSchedule(1.0, connectable_at=connectable), handler_known=False, exit_at=start + 1)
-    assert sent[0] == (pytest.approx(connectable + TERM_AFTER_CONNECTABLE), "SIGTERM")
+    assert sent[0][1] == "SIGTERM" and sent[0][0] == pytest.approx(connectable + TERM_AFTER_CONNECTABLE)
     # long connectable: at once
     assert drive(StopSchedule(1.0, connectable_at=start - 5), exit_at=start + 1)[0] == (start, "SIGTERM")
 

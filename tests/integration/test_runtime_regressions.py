@@ -87,7 +87,7 @@ async def test_1_twenty_concurrent_submits_all_accepted_and_delivered_in_order(a
             outcomes = [(await a.settled()).outcome for a in admissions.values()]
     assert outcomes == ["completed"] * 20
     by_seq = sorted(admissions.values(), key=lambda a: a.seq or 0)
-    order = {f"text {int(a.source_id[1:])}": a.seq for a in by_seq}
+    order = {f"text {int(a.source_id[1:])}": a.seq for a in by_seq if a.seq is not None}
     assert [order[t] for t in delivered_texts(launcher.fake)] == sorted(order.values())
 
 
@@ -241,7 +241,9 @@ async def test_4_the_library_error_comes_out_alone_without_a_group_cause(autojum
 
 def _task_count() -> int:
     count = 0
-    stack = [trio.lowlevel.current_root_task()]
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    stack = [root]
     while stack:
         task = stack.pop()
         count += 1
@@ -278,7 +280,7 @@ async def test_6_a_turn_of_another_thread_never_settles_ours(autojump_clock: tri
             admission = await rt.submit(ChannelInput("m", "hello"))
             await wait_for(lambda: bool(fake.active_turns))
             (turn,) = fake.active_turns.values()
-            foreign = {"id": turn.id, "items": [], "status": "completed", "error": None}
+            foreign: dict[str, Any] = {"id": turn.id, "items": [], "status": "completed", "error": None}
             await fake.notify_all("turn/completed", {"threadId": "elsewhere", "turn": foreign})
             item = {"type": "agentMessage", "id": "x", "text": "not yours"}
             await fake.notify_all("item/completed", {"threadId": "elsewhere", "turnId": turn.id, "item": item})

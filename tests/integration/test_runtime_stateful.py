@@ -173,7 +173,7 @@ async def run_chaos(world: World, plan: list[tuple[float, str]]) -> None:
         elif action == "foreign":
             # Our own turn id, another thread: nothing of ours may end or change because of it.
             for turn in list(fake.active_turns.values()):
-                record = {"id": turn.id, "items": [], "status": "completed", "error": None}
+                record: dict[str, Any] = {"id": turn.id, "items": [], "status": "completed", "error": None}
                 await fake.notify_all("turn/completed", {"threadId": "another-thread", "turn": record})
                 await fake.notify_all(
                     "error",
@@ -285,7 +285,7 @@ def check_invariants(world: World, seen: list[Any], snapshot: Any, stored_settle
     assert len(channel) == len(set(channel)), "an input reached codex twice"
     client_ids = [params.get("clientUserMessageId") for params in fake.accepted]
     assert len(client_ids) == len(set(client_ids)), "a client id reached codex twice"
-    seqs = [by_text[t].admission.seq or 0 for t in channel if by_text[t].admission is not None]
+    seqs = [admission.seq or 0 for t in channel if (admission := by_text[t].admission) is not None]
     assert seqs == sorted(seqs), "inputs reached codex out of acceptance order"
     for t in channel:
         attempt = by_text[t]
@@ -343,7 +343,7 @@ def test_concurrent_programs_keep_the_invariants(
 @pytest.mark.parametrize("mode", ["steer", "queue"])
 def test_twenty_submits_at_the_same_moment(store_kind: StoreKind, mode: DeliveryMode) -> None:
     """The measured regression: 20 tasks calling submit at once lost 13-16 with the default store."""
-    plans = [[(f"m{i}", None, 0.0)] for i in range(20)]
+    plans: list[list[tuple[str, int | None, float]]] = [[(f"m{i}", None, 0.0)] for i in range(20)]
     trio.run(
         run_program,
         mode,

@@ -130,7 +130,7 @@ async def test_default_policy_declines_and_publishes_the_rejection(autojump_cloc
     launcher.fake.push_turns(TurnScript(text="done", server_requests=[APPROVAL]))
     async with codex_trio.open_runtime(RuntimeConfig(), launcher=launcher) as runtime, runtime.events() as events:
         settled = await (await runtime.submit(ChannelInput("a", "run it"))).settled()
-        answered = []
+        answered: list[ServerRequestAnswered] = []
         while not answered:
             event = await events.receive()
             if isinstance(event, ServerRequestAnswered):
