@@ -175,6 +175,10 @@ async def host_main(args: argparse.Namespace) -> None:
         log_dir=Path(args.log_dir),
         delivery_mode=args.mode,
         grace_period=0.2,
+        # A busy machine may start Python and the app-server slowly: a start that times out would be restarted
+        # all the same, but these waits are not what the test is about.
+        handshake_timeout=60,
+        ready_timeout=60,
         restart=RestartPolicy(base_delay=0.05, max_delay=0.2, max_restarts=20),
     )
     resubmit = json.loads(Path(args.resubmit).read_text())  # noqa: ASYNC240 - before anything runs
@@ -213,7 +217,7 @@ async def host_main(args: argparse.Namespace) -> None:
                 emit(f"DUP {source_id} {admission.status}")
             emit(f"RESUBMITTED {len(resubmit)}")
             if args.final:
-                with trio.fail_after(20):
+                with trio.fail_after(120):  # a guard against a hang, generous for a loaded machine
                     while (await store.load(args.runtime_id)).pending:
                         await trio.sleep(0.02)
                 emit("DRAINED")

@@ -9,8 +9,12 @@ settled interrupted rather than sent again (at most once).
 What reached codex is read from the fake app-server's journal (every accepted ``turn/start``/``turn/steer``
 with its ``clientUserMessageId``, appended before the answer is sent), which survives every kill.
 
-No app-server outlives its host (the host's watcher process stops it), and an input that reached codex just
-before the host died is reconciled against codex's own record by the next host, never sent twice.
+Two more properties, one test each: no app-server outlives its host (the host's watcher process stops it), and an
+input that reached codex just before the host died is reconciled against codex's own record by the next host,
+never sent twice.
+
+Deadlines are guards against a hang, generous enough for a loaded 2-core machine; none of them is the property
+under test, and no test asserts how long something took.
 """
 
 from __future__ import annotations
@@ -39,7 +43,11 @@ from codex_trio._process import live_pids_in_group
 CHILD = Path(__file__).with_name("host_kill_child.py")
 RUNTIME = "hostkill"
 ROUNDS = 5
-GUARD = 40  # seconds, for each test as a whole
+# Guards against a hang, never expected to fire: each host run (it starts Python, a runtime and an app-server, on a
+# machine that may be busy with other work), the wait for a killed host's processes to go, and each test as a whole.
+HOST_GUARD = 120
+REAP_GUARD = 60
+GUARD = 900
 
 
 @attrs.define
@@ -168,7 +176,7 @@ async def run_host(s: Setup, argv: list[str], *, kill_after_acks: int | None) ->
     buffer = b""
     killed = False
     try:
-        with trio.fail_after(20):
+        with trio.fail_after(HOST_GUARD):
             while True:
                 chunk = await proc.stdout.receive_some(65536)
                 if not chunk:
@@ -192,7 +200,8 @@ async def run_host(s: Setup, argv: list[str], *, kill_after_acks: int | None) ->
 
 
 async def reap_leftover_app_servers(s: Setup, run: HostRun) -> list[int]:
-    """Kill what the dead host left running; return the pgids that were still alive (see the xfail below)."""
+    """Kill what the dead host left running; return the pgids that were still alive (none, when its watcher process
+    stopped them first)."""
     leftover = [pgid for pgid in run.pgids if live_pids_in_group(pgid)]
     for pgid in leftover:
         try:
@@ -201,7 +210,7 @@ async def reap_leftover_app_servers(s: Setup, run: HostRun) -> list[int]:
             pass
     for pid in our_processes(s):  # an app-server spawned too late to be printed, if any
         os.kill(pid, signal.SIGKILL)
-    with trio.fail_after(5):
+    with trio.fail_after(REAP_GUARD):
         while any(live_pids_in_group(pgid) for pgid in run.pgids) or our_processes(s):
             await trio.sleep(0.02)
     return leftover
@@ -355,18 +364,11 @@ async def test_acknowledged_input_reaches_codex_exactly_once_across_host_kills(s
     )
 
 
-class OutlivedItsHost(AssertionError):
-    """The app-server was still running after its host had been SIGKILLed."""
-
-
-class DeliveredTwice(AssertionError):
-    """codex received the same acknowledged input from two hosts."""
-
-
 def test_no_app_server_outlives_a_killed_host(setup: Setup) -> None:
     # A SIGKILLed host cannot reap its child itself: the app-server leads its own session. The host's watcher
-    # process stops it when the host's pipe closes (and PDEATHSIG would, were the watcher dead too), within 2 s;
-    # the child recorded in the store is the last resort, reaped by the next open_runtime.
+    # process stops it when the host's pipe closes (and PDEATHSIG would, were the watcher dead too): about 2 s on
+    # an idle machine, which this test does not assert (a loaded machine may take longer; the wait is a guard). The
+    # child recorded in the store is the last resort, reaped by the next open_runtime.
     s = setup
 
     async def scenario() -> None:
@@ -375,17 +377,16 @@ def test_no_app_server_outlives_a_killed_host(setup: Setup) -> None:
             run = await run_host(s, host_argv(s, resubmit=[], mode="steer", start=0, seed=1), kill_after_acks=1)
             assert len(run.pgids) == 1
             pgid = run.pgids[0]
-            with trio.move_on_after(2):
+            with trio.move_on_after(REAP_GUARD):
                 while live_pids_in_group(pgid):
                     await trio.sleep(0.05)
-            assert not live_pids_in_group(pgid), "the app-server outlived its host by more than 2 s"
+            if live_pids_in_group(pgid):
+                await reap_leftover_app_servers(s, run)
+                raise AssertionError(f"the app-server (group {pgid}) outlived its host by more than {REAP_GUARD} s")
             s.write_script({"text": "ok", "delay": 0.01})
             argv = host_argv(s, resubmit=run.acked, mode="steer", start=100, seed=2, final=True)
             second = await run_host(s, argv, kill_after_acks=None)
             assert second.returncode == 0, second.lines
-            if live_pids_in_group(pgid):
-                await reap_leftover_app_servers(s, run)
-                raise OutlivedItsHost(f"app-server group {pgid} was not reaped by the next host")
 
     trio.run(scenario)
 
@@ -416,5 +417,4 @@ def test_input_codex_received_before_the_host_died_is_not_sent_again(setup: Setu
 
     trio.run(scenario)
     deliveries = Counter(e["id"] for e in s.journal_entries())
-    if deliveries["m2"] != 1:
-        raise DeliveredTwice(f"m2 reached codex {deliveries['m2']} times: {s.journal_entries()}")
+    assert deliveries["m2"] == 1, f"m2 reached codex {deliveries['m2']} times: {s.journal_entries()}"
