@@ -18,7 +18,8 @@
    ``mypy --strict`` on that app against the installed package (this interpreter's mypy, pointed at the
    virtualenv with ``--python-executable``).
 
-Only the standard library, so any Python 3.11+ with ``build`` and ``mypy`` installed runs it (the dev extra has both).
+Only the standard library, so any Python 3.11+ with ``build``, ``mypy`` and pip >= 22.3 (``pip --python``)
+installed runs it (the dev extra has them).
 """
 
 from __future__ import annotations
@@ -124,12 +125,13 @@ def codex_binary() -> str | None:
 def check_set(name: str, wheel: Path, python: str, work: Path) -> str:
     print(f"{name}: a fresh virtualenv ({python})", flush=True)
     venv = work / f"venv-{name}"
-    run([python, "-m", "venv", venv], cwd=work)
+    # No pip inside (seeding one takes a while on a busy machine): this interpreter's pip installs into it.
+    run([python, "-m", "venv", "--without-pip", venv], cwd=work)
     vpy = venv / "bin" / "python"
     pins = floor_pins(dependencies()) if name == "floors" else []
-    pip: list[str | Path] = [vpy, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    run([*pip, wheel, *pins], cwd=work)
-    installed = json.loads(run([vpy, "-m", "pip", "list", "--format", "json", "--disable-pip-version-check"], cwd=work))
+    pip: list[str | Path] = [sys.executable, "-m", "pip", "--python", vpy, "--disable-pip-version-check"]
+    run([*pip, "install", "--quiet", wheel, *pins], cwd=work)
+    installed = json.loads(run([*pip, "list", "--format", "json"], cwd=work))
     versions = {p["name"].lower(): p["version"] for p in installed}
     wanted = ["trio", "trio-websocket", "wsproto", "h11", "attrs", "cattrs"]
     summary = ", ".join(f"{n} {versions.get(n, '?')}" for n in wanted)
