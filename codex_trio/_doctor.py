@@ -39,8 +39,13 @@ __all__ = [
 
 Severity = Literal["error", "warning", "info"]
 
-#: ``thread/inject_items`` (teammate completion delivery) appeared in codex 0.137.0.
-MIN_CODEX_VERSION: tuple[int, int, int] = (0, 137, 0)
+#: The oldest codex the real-codex suite passes on (``./dev compat``; figures and reasons in docs/compatibility.md).
+#: Before 0.161.0 a thread that never ran a turn is lost when codex is killed ("no rollout found" on resume, so the
+#: runtime starts a fresh thread); before 0.156.1 the requested socket path is bound directly (no symlink, so no path
+#: longer than ``sun_path``) and a stop mid-turn may end in SIGKILL; in 0.150 and older ``turn/completed`` of an
+#: interrupted turn carries no items and ``excludeTurns`` is unknown. ``thread/inject_items`` (teammate completions)
+#: dates from 0.137.0. ``./dev compat`` reads the next line with ``sed``: keep it one line.
+MIN_CODEX_VERSION: tuple[int, int, int] = (0, 161, 0)
 #: How long ``codex --version`` may take; the 294 MB native binary starts in well under a second.
 VERSION_TIMEOUT = 15.0
 
@@ -184,7 +189,7 @@ async def _check_version(bin_path: str, env: Mapping[str, str]) -> tuple[Finding
             _error(
                 name,
                 f"Codex at {bin_path} reported {shown or '<empty>'}; requires codex >= {_MIN_TEXT} "
-                f"for teammate completion delivery (thread/inject_items)",
+                f"(the oldest version codex_trio is tested against, see docs/compatibility.md)",
             ),
             version,
         )

@@ -278,7 +278,7 @@ def test_doctor_fails_on_a_too_old_binary(capsys: pytest.CaptureFixture[str], tm
     data = json.loads(out)
     assert data["ok"] is False
     version = next(f for f in data["findings"] if f["name"] == "codex version")
-    assert version["severity"] == "error" and "0.137" in version["detail"]
+    assert version["severity"] == "error" and ">= 0.161.0" in version["detail"]
     code, out, _ = run(capsys, "doctor", "--offline", "--codex-bin", str(fake))
     assert code == 1
     assert out.startswith("codex_trio doctor: NOT READY")

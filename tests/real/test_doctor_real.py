@@ -32,6 +32,7 @@ from codex_trio._config import (
 )
 from codex_trio._doctor import doctor
 from codex_trio._errors import ConfigError
+from codex_trio._pins import PINNED_CODEX_VERSION
 from codex_trio.testing._mock_model import write_codex_home
 from codex_trio.testing._real_codex import expected_codex_version, require_codex_bin
 
@@ -53,7 +54,18 @@ def codex_home(tmp_path: Path) -> Path:
     return write_codex_home(tmp_path / "home", MODEL_URL, approval_policy="on-request", sandbox_mode="workspace-write")
 
 
+def _require_print_startup_config(bin: str) -> None:
+    """These tests use ``--print-startup-config`` as their oracle; codex has it from 0.164.0 on. Below that (only in
+    ``./dev compat`` runs: the pin has it) they are skipped, saying why; the runtime itself does not use the flag."""
+    done = subprocess.run([bin, "app-server", "--help"], capture_output=True, text=True, timeout=60, check=False)
+    if "--print-startup-config" not in done.stdout + done.stderr:
+        if expected_codex_version() == PINNED_CODEX_VERSION:
+            pytest.fail(f"the pinned codex {PINNED_CODEX_VERSION} lacks `app-server --print-startup-config`")
+        pytest.skip(f"codex {expected_codex_version()} has no `app-server --print-startup-config` (added in 0.164.0)")
+
+
 async def _print_startup_config(bin: str, config: RuntimeConfig, *extra: str) -> tuple[int, dict[str, Any]]:
+    _require_print_startup_config(bin)
     with trio.fail_after(60):
         done = await trio.run_process(
             [bin, "app-server", "--strict-config", "--print-startup-config", *codex_cli_args(config), *extra],

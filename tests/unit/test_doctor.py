@@ -124,25 +124,25 @@ async def test_render_and_json(make_bin: MakeBin, home: Path, env: dict[str, str
 async def test_old_version_is_an_error_with_the_documented_message(
     make_bin: MakeBin, home: Path, env: dict[str, str], sockets: Path
 ) -> None:
-    bin = make_bin('echo "codex-cli 0.136.9"')
+    bin = make_bin('echo "codex-cli 0.160.1"')
     report = await _run(_config(bin, home, sockets), env)
     assert not report.ok
     finding = _finding(report, "codex version")
     assert (finding.ok, finding.severity) == (False, "error")
     assert finding.detail == (
-        f"Codex at {bin} reported codex-cli 0.136.9; requires codex >= 0.137.0 for teammate completion "
-        f"delivery (thread/inject_items)"
+        f"Codex at {bin} reported codex-cli 0.160.1; requires codex >= 0.161.0 (the oldest version codex_trio "
+        f"is tested against, see docs/compatibility.md)"
     )
 
 
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ('echo "codex-cli 0.137.0"', None),
+        ('echo "codex-cli 0.161.0"', None),
         ('echo "codex-cli 1.0.0"', None),
         ('echo "codex-cli 0.169.0" >&2', None),  # on stderr only: still parsed
-        ('echo "codex-cli dev"', "reported codex-cli dev; requires codex >= 0.137.0"),
-        ("true", "reported <empty>; requires codex >= 0.137.0"),
+        ('echo "codex-cli dev"', "reported codex-cli dev; requires codex >= 0.161.0"),
+        ("true", "reported <empty>; requires codex >= 0.161.0"),
         ('echo "boom" >&2; exit 3', "`--version` exited with rc 3: boom"),
     ],
 )
@@ -389,4 +389,4 @@ def test_parse_codex_version(raw: str, expected: tuple[int, int, int] | None) ->
 
 
 def test_min_version() -> None:
-    assert MIN_CODEX_VERSION == (0, 137, 0)
+    assert MIN_CODEX_VERSION == (0, 161, 0)
