@@ -39,6 +39,8 @@ from codex_trio._process import live_pids_in_group, log_paths
 from codex_trio._watchdog import _pdeathsig_prefix
 
 PACKAGE_DIR = Path(codex_trio.__file__).resolve().parent
+#: A guard against a hang around runtimes with real child processes: never the thing that fails a slow machine.
+GUARD = 240
 
 
 def mode(path: Path) -> int:
@@ -72,6 +74,10 @@ def child_config(tmp_path: Path, short: Path, tag: str, **overrides: Any) -> Run
         "spill_dir": tmp_path / "spill",
         "state_dir": tmp_path / "state",
         "grace_period": 0.1,
+        # The fake app-server is a Python child: on a busy 2-core machine its start alone can take over the default
+        # 10 s, and a start that times out is restarted (and counted). Not what these tests are about.
+        "ready_timeout": 60.0,
+        "handshake_timeout": 60.0,
         "restart": RestartPolicy(base_delay=0.05, max_delay=0.2, max_restarts=20),
     }
     fields.update(overrides)
@@ -414,7 +420,7 @@ async def test_runtime_makes_socket_and_log_dirs_0700_and_logs_0600(tmp_path: Pa
     launcher = codex_trio.ProcessLauncher(cfg)
     old_umask = os.umask(0)
     try:
-        with trio.fail_after(30):
+        with trio.fail_after(GUARD):
             async with codex_trio.open_runtime(cfg, launcher=launcher) as runtime:
                 assert mode(cfg.socket_dir) == 0o700
                 socks = list(cfg.socket_dir.glob("*.sock"))
@@ -452,7 +458,7 @@ async def test_runtime_refuses_an_unsafe_socket_dir_before_spawning(
     try:
         cfg = child_config(tmp_path, short_socket_dir, problem[:3], socket_dir=socket_dir)
         launcher = codex_trio.ProcessLauncher(cfg)
-        with trio.fail_after(30), pytest.raises(SocketPathError, match=expected) as info:
+        with trio.fail_after(GUARD), pytest.raises(SocketPathError, match=expected) as info:
             async with codex_trio.open_runtime(cfg, launcher=launcher):
                 pass  # pragma: no cover
         assert str(socket_dir) in str(info.value)
@@ -517,7 +523,7 @@ async def test_every_spawn_is_an_argv_without_a_shell(
     cfg = child_config(tmp_path, short_socket_dir, "shell")
     assert cfg.socket_dir is not None
     launcher = codex_trio.ProcessLauncher(cfg)
-    with trio.fail_after(60):
+    with trio.fail_after(GUARD):
         async with codex_trio.open_runtime(cfg, launcher=launcher) as runtime:
             pgid = launcher.last_pgid
             assert pgid is not None
@@ -593,7 +599,7 @@ async def test_secrets_in_the_environment_never_appear_in_logs_events_errors_or_
                 seen.append(path.read_text(errors="replace"))
 
     # The collector's nursery is outside the runtime block: its stream ends only when the runtime has stopped.
-    with trio.fail_after(60):
+    with trio.fail_after(GUARD):
         async with (
             trio.open_nursery() as nursery,
             codex_trio.open_runtime(cfg, state=store, launcher=launcher) as runtime,
@@ -654,7 +660,7 @@ async def test_secret_is_not_in_a_failed_start_error(
     base = child_config(tmp_path, short_socket_dir, "err")
     env = {**base.extra_env, "OPENAI_API_KEY": secret, "FAKE_APP_SERVER_EXIT": "1:Error: bad config"}
     cfg = child_config(tmp_path, short_socket_dir, "err", extra_env=env)
-    with trio.fail_after(30), pytest.raises(codex_trio.AppServerExited) as info:
+    with trio.fail_after(GUARD), pytest.raises(codex_trio.AppServerExited) as info:
         async with codex_trio.open_runtime(cfg):
             pass  # pragma: no cover
     assert "bad config" in str(info.value)
