@@ -1,6 +1,6 @@
 """The codex_trio testing kit.
 
-* :class:`FakeAppServer` — an in-process, scriptable app-server speaking the codex 0.169 wire protocol (over a
+* :class:`FakeAppServer` — an in-process, scriptable app-server speaking the wire protocol of the pinned codex (over a
   Unix-socket WebSocket or memory streams); also runnable as a child process with
   ``python -m codex_trio.testing.fake_app_server --listen unix://PATH``.
 * :class:`FakeLauncher` — run a whole runtime against a FakeAppServer in virtual time, with kills and drops.

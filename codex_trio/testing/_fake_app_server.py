@@ -1,4 +1,4 @@
-"""FakeAppServer: an in-process, scriptable app-server speaking the codex 0.169 wire protocol.
+"""FakeAppServer: an in-process, scriptable app-server speaking the wire protocol of the pinned codex (``_pins``).
 
 It serves the same dialect as the real binary (no ``jsonrpc`` member, ``emittedAtMs`` on notifications,
 server-request ids from 0, ``-32600`` for nearly every error with codex's own message texts) over a WebSocket on a
