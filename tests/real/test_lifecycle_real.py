@@ -1090,7 +1090,8 @@ def test_the_watcher_waits_for_every_thread_of_a_killed_leader_before_cleaning_u
         deadline = time.monotonic() + 10
         while not pid_is_zombie(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.005)  # until the leader is a zombie; its other thread still runs and holds the socket
-        assert pid_is_zombie(proc.pid) and "S" in thread_states(proc.pid)
+        # The other thread is alive: sleeping, or running if a loaded machine just scheduled it.
+        assert pid_is_zombie(proc.pid) and any(s not in ("Z", "X") for s in thread_states(proc.pid))
         # What the watcher does when its host dies with this group registered.
         _stop_groups({proc.pid: (start_ticks(proc.pid), str(socket_path))}, None)
         running = [s for s in thread_states(proc.pid) if s not in ("Z", "X")]
