@@ -905,6 +905,24 @@ def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection],
 _BUSY_CONFIRM: Final = 0.05
 _POLL_FIRST: Final = 0.01  # seconds between lock attempts while waiting, doubling up to _POLL_MAX
 _POLL_MAX: Final = 0.1
+#: How long ``acquire`` waits for a busy lock's holder to record itself before naming no owner (the holder
+#: writes its record right after taking the lock; a loaded machine can take a while between the two).
+_OWNER_RECORD_WAIT: Final = 5.0
+
+
+def _may_be_alive(owner: Owner) -> bool:
+    """False when ``owner`` is a process of this host that is gone (a crashed owner's stale record)."""
+    if owner.host != socket.gethostname():
+        return True  # another machine's process: nothing to test it with
+    try:
+        os.kill(owner.pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by another user
+    return True
+
+
 _NO_FILE: Final = -1  # the "lock" of a ":memory:" database: it has no file, so the object itself excludes
 
 _UNSAFE_CHARS: Final = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -1258,7 +1276,7 @@ class SqliteStateStore:
             # Held here: certain at once. Held elsewhere: certain once seen for _BUSY_CONFIRM (see there).
             decide_at = max(deadline, busy_since + (0.0 if mine else _BUSY_CONFIRM))
             if now >= decide_at:
-                raise _busy(runtime_id, await self._recorded_owner(runtime_id))
+                raise _busy(runtime_id, await self._busy_owner(runtime_id))
             await trio.sleep_until(min(now + delay, decide_at))
             delay = min(delay * 2, _POLL_MAX)
 
@@ -1286,6 +1304,24 @@ class SqliteStateStore:
         owner = Owner(pid, host, since, token)
         self._held[runtime_id] = _Held(owner, fd)
         return owner
+
+    async def _busy_owner(self, runtime_id: str) -> Owner | None:
+        """The owner to name in :class:`RuntimeBusy`: the lease record, once it is the lock holder's.
+
+        The holder writes its record just after it takes the lock, so a competitor that lost the race by a
+        moment can still read the previous owner's record: released (a clean stop) or naming a process that is
+        gone (a crash). Such a record is not the owner; it is read again until the holder's own appears, for
+        at most ``_OWNER_RECORD_WAIT`` (then the error says the owner is not known yet)."""
+        give_up = trio.current_time() + _OWNER_RECORD_WAIT
+        delay = _POLL_FIRST
+        while True:
+            owner = await self._recorded_owner(runtime_id)
+            if owner is not None and _may_be_alive(owner):
+                return owner
+            if trio.current_time() >= give_up:
+                return None
+            await trio.sleep(delay)
+            delay = min(delay * 2, _POLL_MAX)
 
     async def _recorded_owner(self, runtime_id: str) -> Owner | None:
         """The owner named by the lease record, unless it released (for :class:`RuntimeBusy`)."""

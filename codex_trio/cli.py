@@ -389,6 +389,27 @@ def _add_cwd(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cwd", metavar="DIR", type=Path, help="codex's working directory (default: the current one)")
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive, finite number of seconds")
+    return value
+
+
+def _add_ready_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ready-timeout",
+        metavar="SECONDS",
+        type=_positive_seconds,
+        default=attrs.fields(RuntimeConfig).ready_timeout.default,
+        help="how long codex may take from its spawn until it accepts connections, per attempt (default: "
+        "%(default)gs; raise it on a heavily loaded machine)",
+    )
+
+
 def _add_verbose(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="log the runtime's warnings (-vv: debug)")
 
@@ -427,7 +448,7 @@ def build_parser() -> _Parser:
         metavar="ID",
         help="dedup key: a message whose id was already accepted is not sent again (default: a fresh id)",
     )
-    for add in (_add_offline, _add_db, _add_codex_bin, _add_cwd, _add_verbose):
+    for add in (_add_offline, _add_db, _add_codex_bin, _add_cwd, _add_ready_timeout, _add_verbose):
         add(send)
     _add_runtime_id(send, "cli")
     _add_json(send, "the result")
@@ -437,7 +458,7 @@ def build_parser() -> _Parser:
         help="interactive session: type messages, watch replies stream in",
         description="Interactive session. Each line read from stdin is one message; EOF or /quit ends it.",
     )
-    for add in (_add_offline, _add_db, _add_codex_bin, _add_cwd, _add_verbose):
+    for add in (_add_offline, _add_db, _add_codex_bin, _add_cwd, _add_ready_timeout, _add_verbose):
         add(chat)
     _add_runtime_id(chat, "cli")
     _add_json(chat, "results and notices (one object a line)")
@@ -531,13 +552,19 @@ async def _cli_runtime(args: argparse.Namespace, notices: Console, nursery: trio
                 socket_dir=base / "s",
                 state_dir=base / "state",
                 spill_dir=base / "spill",
+                ready_timeout=args.ready_timeout,
             )
             notices.line(f"offline: {OFFLINE_NOTE} at {model.url}", "dim")
             state = MemoryStateStore()
             if db is not None:
                 state = _open_store(db)
         else:
-            config = RuntimeConfig(runtime_id=runtime_id, cwd=cwd or Path.cwd(), codex_bin=args.codex_bin)
+            config = RuntimeConfig(
+                runtime_id=runtime_id,
+                cwd=cwd or Path.cwd(),
+                codex_bin=args.codex_bin,
+                ready_timeout=args.ready_timeout,
+            )
             state = _open_store(db or default_db_path())
         if isinstance(state, SqliteStateStore):
             await stack.enter_async_context(state)

@@ -66,6 +66,8 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
         (("chat", "--bogus"), "unrecognized arguments: --bogus"),
         (("chat", "extra"), "unrecognized arguments: extra"),
         (("chat", "--runtime-id", "../escape"), "--runtime-id: RuntimeConfig.runtime_id='../escape'"),
+        (("chat", "--ready-timeout", "0"), "argument --ready-timeout: '0': give a positive, finite number of seconds"),
+        (("send", "hi", "--ready-timeout", "soon"), "argument --ready-timeout: 'soon' is not a number of seconds"),
         (("status", "extra"), "unrecognized arguments: extra"),
         (("status", "--offline"), "unrecognized arguments: --offline"),
         (("status", "--runtime-id", ""), "--runtime-id: RuntimeConfig.runtime_id=''"),

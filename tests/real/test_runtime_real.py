@@ -2,20 +2,25 @@
 
 Proves: start (spawn, handshake, thread/start), a streamed turn, SIGKILL of the app-server mid-turn (the input in
 flight settles interrupted and is not re-run), restart and thread/resume of the same thread, a queued input
-delivered after the resume, steer and queue delivery during a hanging turn, and that no process of ours is left.
+delivered after the resume, steer and queue delivery during a hanging turn, twenty submits at the same moment (each
+mode, each store: every one settles once and reaches the model once, in acceptance order), and that no process of
+ours is left.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
+from codex_trio._admission import Admission
 from codex_trio._config import RuntimeConfig
 from codex_trio._events import AgentMessageDelta, Restarting
 from codex_trio._launcher import ProcessLauncher
@@ -23,6 +28,7 @@ from codex_trio._policy import RestartPolicy
 from codex_trio._process import live_pids_in_group
 from codex_trio._render import ChannelInput
 from codex_trio._runtime import Runtime, open_runtime
+from codex_trio._state import SqliteStateStore, StateStore
 from codex_trio.testing._mock_model import Hang, MockModelServer, Text, write_codex_home
 from codex_trio.testing._real_codex import require_codex_bin
 from codex_trio.testing.pytest_plugin import short_dir
@@ -32,7 +38,7 @@ pytestmark = pytest.mark.real_codex
 
 @asynccontextmanager
 async def real_runtime(
-    tmp_path: Path, model: MockModelServer, **config: object
+    tmp_path: Path, model: MockModelServer, *, state: StateStore | None = None, **config: object
 ) -> AsyncIterator[tuple[Runtime, ProcessLauncher]]:
     home = write_codex_home(tmp_path / "home", model.url)
     with short_dir() as sockets:
@@ -50,7 +56,7 @@ async def real_runtime(
         )
         launcher = ProcessLauncher(cfg)
         try:
-            async with open_runtime(cfg, launcher=launcher) as runtime:
+            async with open_runtime(cfg, state=state, launcher=launcher) as runtime:
                 yield runtime, launcher
         finally:
             for pgid in launcher.pgids:
@@ -135,6 +141,54 @@ async def test_second_input_during_a_hanging_turn(tmp_path: Path, mode: str) -> 
                     # queued: the second input got its own turn after the first ended
                     assert one.turn_id != two.turn_id
                     assert model.last_input_texts()[-1] == "second input"
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+@pytest.mark.parametrize("mode", ["steer", "queue"])
+async def test_twenty_submits_at_once_settle_once_each_in_order_at_the_model(
+    tmp_path: Path, mode: str, store: str
+) -> None:
+    # The concurrency issue's first defect on the real binary: 20 tasks submit at the same moment. Every one is
+    # accepted, settles exactly once, and reaches the model exactly once, in the order of acceptance.
+    count = 20
+    with MockModelServer() as model:
+        hang = Hang(then=Text("released"))
+        model.enqueue(hang)  # the first turn waits, so the others arrive while a turn is running
+        with trio.fail_after(180):
+            async with AsyncExitStack() as stack:
+                state = None
+                if store == "sqlite":
+                    state = await stack.enter_async_context(SqliteStateStore(tmp_path / "state.db"))
+                runtime, _ = await stack.enter_async_context(
+                    real_runtime(tmp_path, model, state=state, delivery_mode=mode)
+                )
+                admissions: dict[int, Admission] = {}
+                go = trio.Event()
+
+                async def submit(i: int) -> None:
+                    await go.wait()
+                    admissions[i] = await runtime.submit(ChannelInput(f"c{i}", f"input tok{i}."))
+
+                async with trio.open_nursery() as nursery:
+                    for i in range(count):
+                        nursery.start_soon(submit, i)
+                    await trio.testing.wait_all_tasks_blocked()
+                    go.set()
+                assert sorted(a.status for a in admissions.values()) == ["submitted"] * count
+                await trio.to_thread.run_sync(hang.wait_started, 60)
+                hang.release()
+                settled = {i: await a.settled() for i, a in admissions.items()}
+                assert {s.outcome for s in settled.values()} == {"completed"}, settled
+                # Once settled, never again: the settlement of each admission is one object.
+                assert all(admissions[i].settlement is settled[i] for i in settled)
+        by_seq = [f"tok{i}" for i, _ in sorted(admissions.items(), key=lambda item: item[1].seq or 0)]
+        history = [
+            token
+            for role, text in model.requests[-1].input_messages()
+            if role == "user"
+            for token in re.findall(r"tok\d+", text)
+        ]
+        assert history == by_seq  # each input once, in acceptance order
 
 
 async def test_interrupt_and_stop_leave_nothing_behind(tmp_path: Path) -> None:

@@ -664,6 +664,41 @@ async def test_sqlite_two_store_objects_exclude_each_other(tmp_path: Path) -> No
             await b.set_status("rt", "ready")
 
 
+@pytest.mark.parametrize("before", ["never taken", "released", "crashed"])
+async def test_sqlite_busy_names_the_holder_that_has_not_recorded_itself_yet(tmp_path: Path, before: str) -> None:
+    # Two hosts race: the winner holds the lock but has not yet written its lease record (a loaded machine can
+    # take a while between the two). The loser must name the winner, not the previous owner or nobody.
+    path = tmp_path / "state.db"
+    with trio.fail_after(GUARD):
+        async with SqliteStateStore(path) as a, SqliteStateStore(path) as b:
+            if before != "never taken":
+                await a.acquire("rt")
+                if before == "released":
+                    await a.release("rt")
+                else:
+                    held = a._held.pop("rt")  # a crash: the lock dies with its process, the record stays
+                    os.close(held.fd)
+
+                    def dead(conn: sqlite3.Connection) -> None:
+                        conn.execute("UPDATE leases SET pid = 2147483646")  # no such process
+
+                    await a._run(dead)
+            fd = await a._offload(a._try_lock, "rt")
+            assert fd is not None
+            async with trio.open_nursery() as nursery:
+
+                async def lose() -> None:
+                    with pytest.raises(RuntimeBusy) as info:
+                        await b.acquire("rt")
+                    got.append(info.value)
+
+                got: list[RuntimeBusy] = []
+                nursery.start_soon(lose)
+                await trio.sleep(0.3)  # well past the busy confirmation: b is reading records by now
+                winner = await a._take("rt", fd)
+            assert [(e.pid, e.host, e.since) for e in got] == [(winner.pid, winner.host, winner.since)]
+
+
 async def test_sqlite_lock_files_are_private_and_named_safely(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     ids = ["rt", "../../escape", "a/b", "a\ud800", "\x00", "." * 300, "rt "]
