@@ -420,12 +420,9 @@ def _live(pgid: int) -> list[int]:
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return data[data.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
+    from codex_trio._watchdog import pid_alive
+
+    return pid_alive(pid)
 
 
 def _running_as(pid: int, needle: bytes) -> bool:

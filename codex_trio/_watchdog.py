@@ -99,14 +99,27 @@ _MAX_MESSAGE = 512
 # --- /proc helpers (shared by the host and the watcher) ---------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> list[bytes] | None:
-    """The fields of /proc/<pid>/stat after the command name (which may hold spaces and parentheses)."""
+def _stat_fields(pid: int | str, tid: int | str | None = None) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat (or of its thread ``tid``) after the command name (which may hold spaces
+    and parentheses); None once it is gone."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
+        with open(path, "rb") as f:
             data = f.read()
     except OSError:
         return None
     return data[data.rfind(b")") + 2 :].split()
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of ``pid`` (R, S, D, T, Z, ...), None once it is gone."""
+    fields = _stat_fields(pid)
+    return fields[0].decode() if fields else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    return process_state(pid) not in (None, "Z", "X")
 
 
 def start_ticks(pid: int) -> int | None:
@@ -126,12 +139,7 @@ def _has_live_thread(pid: int) -> bool:
     except OSError:
         return False
     for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        fields = data[data.rfind(b")") + 2 :].split()
+        fields = _stat_fields(pid, tid)
         if fields and fields[0] not in (b"Z", b"X"):
             return True
     return False

@@ -26,7 +26,7 @@ from codex_trio._config import RuntimeConfig
 from codex_trio._errors import AppServerExited, AppServerNotReady, BinaryNotFound, ConnectionLost, ProcessError
 from codex_trio._launcher import PGID_HISTORY, Launched, ProcessLauncher
 from codex_trio._process import live_pids_in_group, start_limiter
-from codex_trio._watchdog import MARKER, watcher_pid
+from codex_trio._watchdog import MARKER, pid_alive, watcher_pid
 
 GUARD = 30  # seconds; a hang fails the test instead of the run
 
@@ -181,15 +181,6 @@ def make_config(short_dir: Path, tmp_path: Path, codex_bin: Path, env: dict[str,
         state_dir=tmp_path / "state",
         **kw,
     )
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return data[data.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
 
 
 def connectable(path: Path) -> bool:

@@ -55,7 +55,7 @@ from codex_trio._process import (
     open_app_server,
     start_limiter,
 )
-from codex_trio._watchdog import codex_daemon_files, remove_stale_daemon_files
+from codex_trio._watchdog import codex_daemon_files, pid_alive, remove_stale_daemon_files
 
 FAKE = str(Path(__file__).with_name("fake_child.py"))
 GUARD = 20  # seconds; a hang fails the test instead of the run
@@ -120,15 +120,6 @@ def read_pid(path: Path) -> int:
 
 def gone(path: Path) -> bool:
     return not os.path.lexists(path)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return data[data.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
 
 
 # --- readiness ------------------------------------------------------------------------------------------

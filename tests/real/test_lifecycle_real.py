@@ -72,7 +72,7 @@ from codex_trio._launcher import Launched, ProcessLauncher
 from codex_trio._paths import private_dir_name
 from codex_trio._process import live_pids_in_group
 from codex_trio._runtime import Runtime
-from codex_trio._watchdog import codex_daemon_files
+from codex_trio._watchdog import _stat_fields, codex_daemon_files, pid_alive, process_state
 from codex_trio.testing import FakeLauncher
 from codex_trio.testing._mock_model import Hang, MockModelServer, RecordedRequest, Text, write_codex_home
 
@@ -119,15 +119,6 @@ def daemon_entries() -> set[str]:
         return set()
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return data[data.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
-
-
 def running_as(pid: int, needle: bytes) -> bool:
     """Whether ``pid`` is alive and ``needle`` is in its command line (so it is still the process we started)."""
     try:
@@ -138,12 +129,7 @@ def running_as(pid: int, needle: bytes) -> bool:
 
 
 def pid_is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return data[data.rfind(b")") + 2 :].split()[0] == b"Z"
+    return process_state(pid) == "Z"
 
 
 async def groups_gone(pgids: list[int], within: float) -> list[int]:
@@ -167,19 +153,11 @@ def summary(values: list[float]) -> str:
 
 def thread_states(pid: int) -> list[str]:
     """The state letter of each thread of ``pid`` (R, S, D, T, Z, ...); [] once it is gone."""
-    states = []
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return []
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        states.append(data[data.rfind(b")") + 2 :].split()[0].decode())
-    return states
+    return [fields[0].decode() for tid in tids if (fields := _stat_fields(pid, tid))]
 
 
 # --- a launcher that records, and can break a child between readiness and the upgrade ------------------------

@@ -23,7 +23,7 @@ import pytest
 import trio
 
 from codex_trio._process import live_pids_in_group
-from codex_trio._watchdog import _pdeathsig_prefix, codex_daemon_files
+from codex_trio._watchdog import _pdeathsig_prefix, codex_daemon_files, pid_alive
 from codex_trio.testing._mock_model import Hang, MockModelServer, write_codex_home
 from codex_trio.testing._real_codex import require_codex_bin
 
@@ -263,15 +263,6 @@ def kill_host(host: Host, how: str) -> None:
 
 def alive(host: Host) -> dict[str, list[int]]:
     return {kind: pids for kind, pgid in host.groups.items() if (pids := live_pids_in_group(pgid))}
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return data[data.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
 
 
 async def assert_all_gone(host: Host, *, watcher_cleans: bool = True) -> None:
