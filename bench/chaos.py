@@ -69,8 +69,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -114,25 +113,12 @@ async def host_main(setup: dict[str, Any]) -> int:
     import codex_trio
     from codex_trio import ChannelInput, RestartPolicy, RuntimeConfig, SqliteStateStore
     from codex_trio._events import StatusChanged, SubmissionSettled
-    from codex_trio._launcher import Launched, ProcessLauncher
-    from codex_trio._watchdog import watcher_pid
+    from codex_trio.testing._launchers import AnnouncingLauncher
 
     def unraisable(info: Any) -> None:
         emit(f"UNRAISABLE {json.dumps(repr(info.exc_value))[:400]} {json.dumps(repr(info.object))[:200]}")
 
     sys.unraisablehook = unraisable
-
-    class RecordingLauncher(ProcessLauncher):
-        def _spec(self, socket_dir: Path) -> Any:
-            spec = super()._spec(socket_dir)
-            emit(f"SOCKET {spec.socket_path}")
-            return spec
-
-        @asynccontextmanager
-        async def launch(self, generation: int) -> AsyncIterator[Launched]:
-            async with super().launch(generation) as launched:
-                emit(f"SPAWNED {launched.pgid} {generation} {watcher_pid()}")
-                yield launched
 
     index: int = setup["index"]
     final: bool = setup["final"]
@@ -235,7 +221,7 @@ async def host_main(setup: dict[str, Any]) -> int:
 
     async def cycle(resubmit: list[str], nursery: trio.Nursery) -> float:
         """One ``open_runtime`` block; returns the seconds its stop took."""
-        launcher = RecordingLauncher(config)
+        launcher = AnnouncingLauncher(config, emit)
         async with codex_trio.open_runtime(config, state=store, launcher=launcher) as runtime:
             emit(f"READY {runtime.generation} {runtime.thread_id} {runtime.thread_resumed}")
             nursery.start_soon(watch_events, runtime)

@@ -1,4 +1,5 @@
-"""Launchers for tests: run a runtime against an in-process FakeAppServer over memory streams.
+"""Launchers for tests: run a runtime against an in-process FakeAppServer over memory streams, or announce what
+the production launcher starts.
 
 :class:`FakeLauncher` lets a test kill "the child" (:meth:`FakeLauncher.kill`), drop the connection
 (:meth:`FakeLauncher.drop_connection`), make the next launches or connects fail, or make a connect stall, all in
@@ -8,17 +9,46 @@ failure paths.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import trio
 
+from .._config import RuntimeConfig
 from .._errors import AppServerExited
-from .._launcher import Launched
+from .._launcher import Launched, ProcessLauncher
+from .._process import ChildSpec
 from .._transport import MessageStream, memory_message_stream_pair
+from .._watchdog import watcher_pid
 from ._fake_app_server import FakeAppServer
 
-__all__ = ["FakeLauncher"]
+__all__ = ["AnnouncingLauncher", "FakeLauncher"]
+
+
+class AnnouncingLauncher(ProcessLauncher):
+    """The production launcher, announcing each socket path and process group the moment it exists.
+
+    For a test or a chaos driver that runs a host in another process and kills it at any moment: it must know
+    what to look for (groups still alive, codex's files for that socket) even when the host dies right after the
+    spawn. ``announce`` gets ``"SOCKET <path>"`` when the path is chosen and ``"SPAWNED <pgid> <generation>
+    <watcher pid or None>"`` right after the spawn, before readiness."""
+
+    def __init__(self, config: RuntimeConfig, announce: Callable[[str], Any]) -> None:
+        super().__init__(config)
+        self._announce = announce
+
+    def _spec(self, socket_dir: Path) -> ChildSpec:
+        spec = super()._spec(socket_dir)
+        self._announce(f"SOCKET {spec.socket_path}")
+        return spec
+
+    @asynccontextmanager
+    async def launch(self, generation: int) -> AsyncIterator[Launched]:
+        async with super().launch(generation) as launched:
+            self._announce(f"SPAWNED {launched.pgid} {generation} {watcher_pid()}")
+            yield launched
 
 
 class FakeLauncher:

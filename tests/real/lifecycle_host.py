@@ -27,9 +27,6 @@ import math
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -44,30 +41,15 @@ from codex_trio import (
     open_runtime,
 )
 from codex_trio._events import SubmissionSettled, TurnStarted
-from codex_trio._launcher import Launched, ProcessLauncher
 from codex_trio._runtime import Runtime
 from codex_trio._watchdog import watcher_pid
 from codex_trio.testing import FakeAppServer, FakeLauncher
+from codex_trio.testing._launchers import AnnouncingLauncher
 
 
 def emit(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
-
-
-class RecordingLauncher(ProcessLauncher):
-    """The production launcher, telling the test each socket path and process group as soon as it exists."""
-
-    def _spec(self, socket_dir: Path) -> Any:
-        spec = super()._spec(socket_dir)
-        emit(f"SOCKET {spec.socket_path}")
-        return spec
-
-    @asynccontextmanager
-    async def launch(self, generation: int) -> AsyncIterator[Launched]:
-        async with super().launch(generation) as launched:
-            emit(f"SPAWNED {launched.pgid} {generation} {watcher_pid()}")
-            yield launched
 
 
 async def main(setup: dict[str, Any]) -> None:
@@ -94,7 +76,9 @@ async def main(setup: dict[str, Any]) -> None:
     async def run(wait: float) -> None:
         nonlocal runtime, running, close, closed
         running = True
-        launcher: Any = FakeLauncher(FakeAppServer()) if setup.get("launcher") == "fake" else RecordingLauncher(config)
+        launcher: Any = (
+            FakeLauncher(FakeAppServer()) if setup.get("launcher") == "fake" else AnnouncingLauncher(config, emit)
+        )
         try:
             async with open_runtime(config, state=store, launcher=launcher, wait_for_owner=wait) as rt:
                 owner = await store.owner(config.runtime_id)
