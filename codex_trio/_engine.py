@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, Final
 
@@ -366,14 +367,8 @@ class Engine:
                 s = action.settlement
                 stored = StoredSettlement(s.seq, s.source_id, s.outcome, s.turn_id, s.error, time.time())
                 if memory is not None:
-                    try:
+                    with self._then_tell(s):
                         memory.settle_now(self.runtime_id, stored)
-                    except LeaseLost:
-                        self._settle(s)
-                        raise
-                    except Exception as exc:
-                        log.warning("[%s] failed to persist settlement %s: %r", self.runtime_id, s.seq, exc)
-                    self._settle(s)
                 else:
                     await self._persist_send.send((s, stored))
             elif type(action) is Write and memory is not None:
@@ -549,19 +544,26 @@ class Engine:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
+    @contextmanager
+    def _then_tell(self, settlement: Settlement) -> Iterator[None]:
+        """Around a settlement's durable write: its caller is told after the write, whatever the write did. A lost
+        lease still ends the runtime; another failure is logged, and the input stays in doubt in the store for
+        the next start to reconcile with codex."""
+        try:
+            yield
+        except LeaseLost:
+            self._settle(settlement)
+            raise
+        except Exception as exc:
+            log.warning("[%s] failed to persist settlement %s: %r", self.runtime_id, settlement.seq, exc)
+        self._settle(settlement)
+
     async def _persist_loop(self) -> None:
         """Write settlements in order, and tell each caller once its settlement is durable."""
         try:
             async for settlement, stored in self._persist_receive:
-                with trio.CancelScope(shield=True):
-                    try:
-                        await self._store.settle(self.runtime_id, stored)
-                    except LeaseLost:
-                        self._settle(settlement)
-                        raise
-                    except Exception as exc:
-                        log.warning("[%s] failed to persist settlement %s: %r", self.runtime_id, stored.seq, exc)
-                self._settle(settlement)
+                with self._then_tell(settlement), trio.CancelScope(shield=True):
+                    await self._store.settle(self.runtime_id, stored)
         finally:
             # Also when cancelled (the caller of open_runtime was): whoever waits is told now. What was not written
             # stays in doubt in the store, and the next start reconciles it with codex.
