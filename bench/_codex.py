@@ -18,6 +18,7 @@ from codex_trio._connection import Connection
 from codex_trio._handshake import initialize
 from codex_trio._policy import RestartPolicy
 from codex_trio._transport import connect_unix_websocket
+from codex_trio._watchdog import remove_stale_daemon_files
 from codex_trio.testing._real_codex import find_codex_bin
 
 
@@ -91,6 +92,8 @@ async def bare_app_server(config: RuntimeConfig, socket_path: Path) -> AsyncIter
             except ProcessLookupError:
                 pass
             await proc.wait()
+            # The SIGKILL left codex's socket and lock in its daemon directory: a baseline leaves nothing either.
+            remove_stale_daemon_files(socket_path)
             try:
                 os.unlink(socket_path)
             except OSError:
