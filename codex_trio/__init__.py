@@ -77,6 +77,13 @@ from ._state import (
     StateStore as StateStore,
     open_state_store as open_state_store,
 )
+from ._turn_options import (
+    AskForApproval as AskForApproval,
+    ReasoningEffort as ReasoningEffort,
+    ReasoningSummary as ReasoningSummary,
+    SandboxMode as SandboxMode,
+    TurnOptions as TurnOptions,
+)
 
 __version__ = "0.1.0"
 
@@ -90,6 +97,7 @@ __all__ = [
     "ApprovalDecisionRecord",
     "ApprovalPolicy",
     "ApprovalRequest",
+    "AskForApproval",
     "BinaryNotFound",
     "ChannelInput",
     "Checkpoint",
@@ -121,6 +129,8 @@ __all__ = [
     "ProcessError",
     "ProcessLauncher",
     "ProtocolError",
+    "ReasoningEffort",
+    "ReasoningSummary",
     "RequestTimeout",
     "RestartPolicy",
     "Restarting",
@@ -130,6 +140,7 @@ __all__ = [
     "RuntimeConfig",
     "RuntimeGaveUp",
     "RuntimeStatistics",
+    "SandboxMode",
     "ServerDraining",
     "ServerRequest",
     "ServerRequestAnswered",
@@ -146,6 +157,7 @@ __all__ = [
     "ThreadReady",
     "TransportError",
     "TurnCompleted",
+    "TurnOptions",
     "TurnStarted",
     "doctor",
     "fail_closed_answer",

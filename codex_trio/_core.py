@@ -61,6 +61,7 @@ from ._events import (
     TurnStarted,
 )
 from ._settlement import Settlement, TurnOutcome
+from ._turn_options import ImageInput, TurnOptions, parse_output
 
 __all__ = [
     "Action",
@@ -78,6 +79,7 @@ __all__ = [
     "Submission",
     "SubmissionKind",
     "Write",
+    "may_steer",
 ]
 
 SubmissionKind = Literal["channel", "system", "trigger", "notice"]
@@ -107,6 +109,9 @@ class Submission:
     turn_id: str | None = None
     #: in doubt after a host crash: it was being steered into a running turn when that host died
     steered: bool = False
+    #: the settings of the turn it starts (checked at the door); see ``_pump`` for when it may steer instead
+    options: TurnOptions | None = None
+    images: tuple[ImageInput, ...] = ()
 
     @property
     def durable(self) -> bool:
@@ -131,6 +136,8 @@ class AdmitRequest:
     withdrawn: bool = False
     #: for the driver: how to reach the caller once answered
     reply: Any = None
+    options: TurnOptions | None = None
+    images: tuple[ImageInput, ...] = ()
 
 
 # -- actions -----------------------------------------------------------------------------------------------------
@@ -209,6 +216,17 @@ class FailSession:
     reason: str
 
 
+#: A restored queued input: ``(seq, source_id, kind, text)``, or with its ``options`` and ``images`` after them.
+_PendingRow: TypeAlias = (
+    tuple[int, str, SubmissionKind, str]
+    | tuple[int, str, SubmissionKind, str, TurnOptions | None, tuple[ImageInput, ...]]
+)
+#: A restored in-doubt input: ``(seq, source_id, kind, text, steered)``, or with ``options`` and ``images``.
+_InDoubtRow: TypeAlias = (
+    tuple[int, str, SubmissionKind, str, bool]
+    | tuple[int, str, SubmissionKind, str, bool, TurnOptions | None, tuple[ImageInput, ...]]
+)
+
 Action: TypeAlias = Write | Answer | Send | Interrupt | InterruptAnswer | Settle | Publish | FailSession
 
 
@@ -236,6 +254,8 @@ class _Turn:
     interrupting: bool = False
     #: the outcome its inputs already got (our deadline), reported instead of codex's
     override: TurnOutcome | None = None
+    #: the options of the input that started it (None: none, or a turn we did not start)
+    options: TurnOptions | None = None
 
 
 @attrs.define(eq=False)
@@ -270,8 +290,8 @@ class RuntimeCore:
         interrupt_timeout: float = 60.0,
         next_seq: int = 1,
         seen: Iterable[str] = (),
-        pending: Iterable[tuple[int, str, SubmissionKind, str]] = (),
-        in_doubt: Iterable[tuple[int, str, SubmissionKind, str, bool]] = (),
+        pending: Iterable[_PendingRow] = (),
+        in_doubt: Iterable[_InDoubtRow] = (),
     ) -> None:
         if dedup_window < 0:
             raise ValueError("dedup_window must be >= 0")
@@ -287,12 +307,18 @@ class RuntimeCore:
         self._writing: dict[int, tuple[list[tuple[AdmitRequest, Submission]], list[Answer]]] = {}
         self._next_batch = 1
         self._queue: deque[Submission] = deque()
-        for seq, source_id, kind, text in sorted(pending):
-            self._queue.append(Submission(seq, source_id, kind, text, state="queued"))
+        for row in sorted(pending, key=lambda row: row[0]):
+            seq, source_id, kind, text = row[:4]
+            options, images = row[4:] if len(row) == 6 else (None, ())
+            self._queue.append(Submission(seq, source_id, kind, text, "queued", options=options, images=images))
             self._next_seq = max(self._next_seq, seq + 1)
         self._in_doubt: dict[int, Submission] = {}
-        for seq, source_id, kind, text, steered in sorted(in_doubt):
-            self._in_doubt[seq] = Submission(seq, source_id, kind, text, state="in_doubt", steered=steered)
+        for doubt in sorted(in_doubt, key=lambda row: row[0]):
+            seq, source_id, kind, text, steered = doubt[:5]
+            options, images = doubt[5:] if len(doubt) == 7 else (None, ())
+            self._in_doubt[seq] = Submission(
+                seq, source_id, kind, text, "in_doubt", steered=steered, options=options, images=images
+            )
             self._next_seq = max(self._next_seq, seq + 1)
         self._session: _Session | None = None
         self._generation = 0
@@ -411,7 +437,14 @@ class RuntimeCore:
             woken = True
             if request.source_id:
                 batch_ids.add(request.source_id)
-            sub = Submission(self._next_seq, request.source_id, request.kind, request.text)
+            sub = Submission(
+                self._next_seq,
+                request.source_id,
+                request.kind,
+                request.text,
+                options=request.options,
+                images=request.images,
+            )
             self._next_seq += 1
             members.append((request, sub))
         if not members:
@@ -598,6 +631,10 @@ class RuntimeCore:
                     break
             if target is None and any(turn.interrupting for turn in session.turns.values()):
                 return  # a turn/start now would be refused; a steer would join a dying turn
+            if target is not None and not may_steer(self._queue[0].options, target.options):
+                # A running turn's model, effort, sandbox, cwd and output schema cannot change: an input with other
+                # options waits for it to end and starts its own turn. Everything behind it waits too (FIFO).
+                return
         sub = self._queue.popleft()
         sub.state = "sending"
         sub.generation = session.generation
@@ -650,7 +687,10 @@ class RuntimeCore:
         if ended is not None:
             self._settle(sub, ended, persist=True)  # its turn/completed overtook this answer
         else:
-            self._open_turn(session, turn_id, now).inputs.append(sub)
+            turn = self._open_turn(session, turn_id, now)
+            if flight.method == "turn/start":
+                turn.options = sub.options
+            turn.inputs.append(sub)
         self._pump()
 
     def _open_turn(self, session: _Session, turn_id: str, now: float) -> _Turn:
@@ -868,6 +908,12 @@ class RuntimeCore:
             raise AssertionError(f"submission {sub.seq} settled twice")
         sub.state = "settled"
         thread_lost, self._thread_lost = self._thread_lost, None
+        output = None
+        schema = sub.options.output_schema if sub.options is not None else None
+        if schema is not None and outcome.outcome == "completed":
+            output, error = parse_output(outcome.text)
+            if error is not None:
+                outcome = attrs.evolve(outcome, outcome="failed", error=error)
         settlement = Settlement(
             sub.seq,
             sub.source_id,
@@ -878,6 +924,7 @@ class RuntimeCore:
             outcome.error,
             sub.generation,
             thread_lost,
+            output=output,
         )
         self._actions.append(Settle(settlement, persist and sub.durable))
 
@@ -888,6 +935,12 @@ class RuntimeCore:
         token = self._next_token
         self._next_token += 1
         return token
+
+
+def may_steer(options: TurnOptions | None, turn_options: TurnOptions | None) -> bool:
+    """Whether an input with ``options`` may join a running turn started with ``turn_options``: when it sets
+    nothing, or exactly what that turn was started with (which codex keeps for the thread anyway)."""
+    return options is None or options == turn_options
 
 
 def _structure(params: dict[str, Any], cls: type[Any]) -> Any:

@@ -37,6 +37,7 @@ from ._core import (
     RuntimeCore,
     Send,
     Settle,
+    Submission,
     SubmissionKind,
     Write,
 )
@@ -45,6 +46,7 @@ from ._events import EventHub, SubmissionSettled
 from ._jsonrpc import Notification
 from ._settlement import Settlement, TurnOutcome
 from ._state import MemoryStateStore, StateStore, StoredSettlement, StoredSubmission
+from ._turn_options import ImageInput, TurnOptions, encode_payload, sandbox_policy
 
 __all__ = ["Engine", "LiveSession"]
 
@@ -154,6 +156,41 @@ class _Flight:
     maybe_sent: bool = False
 
 
+def _stored(sub: Submission, now: float) -> StoredSubmission:
+    return StoredSubmission(
+        sub.seq, sub.source_id, sub.kind, sub.text, now, options=encode_payload(sub.options, sub.images)
+    )
+
+
+def delivery_params(action: Send) -> dict[str, Any]:
+    """The ``turn/start`` or ``turn/steer`` params for ``action``: the text, then the images (both methods take
+    them), and on ``turn/start`` the input's options (a steer cannot change the turn's settings; the core only
+    steers an input whose options are those of the turn, see ``RuntimeCore._pump``)."""
+    sub = action.submission
+    inputs: list[p.UserInput] = [p.TextInput(sub.text)]
+    for image in sub.images:
+        inputs.append(p.ImageUrlInput(image.value) if image.kind == "url" else p.LocalImageInput(image.value))
+    if action.method == "turn/steer":
+        assert action.expected_turn_id is not None
+        return p.unstructure(p.TurnSteerParams(action.thread_id, action.expected_turn_id, inputs, sub.client_id))
+    o = sub.options
+    if o is None:
+        return p.unstructure(p.TurnStartParams(action.thread_id, inputs, sub.client_id))
+    params = p.TurnStartParams(
+        action.thread_id,
+        inputs,
+        sub.client_id,
+        cwd=o.cwd,
+        model=o.model,
+        effort=o.effort,
+        summary=o.summary,
+        approval_policy=o.approval_policy,
+        sandbox_policy=sandbox_policy(o.sandbox) if o.sandbox is not None else None,
+        output_schema=o.output_schema,
+    )
+    return p.unstructure(params)
+
+
 class Engine:
     def __init__(
         self,
@@ -199,7 +236,15 @@ class Engine:
 
     # == what callers and the session use ==========================================================================
 
-    async def admit(self, source_id: str, kind: SubmissionKind, text: str) -> Admission:
+    async def admit(
+        self,
+        source_id: str,
+        kind: SubmissionKind,
+        text: str,
+        *,
+        options: TurnOptions | None = None,
+        images: tuple[ImageInput, ...] = (),
+    ) -> Admission:
         """Ask the core to accept an input; see :class:`~codex_trio._core.AdmitRequest` for the cancel rule.
 
         Cancelled before the core took the request: nothing happened (Cancelled is raised). Cancelled after: the
@@ -207,7 +252,7 @@ class Engine:
         caller's next checkpoint — so an id is either accepted or leaves no trace, never half of it.
         """
         reply = _Reply()
-        request = AdmitRequest(source_id, kind, text, reply=reply)
+        request = AdmitRequest(source_id, kind, text, reply=reply, options=options, images=images)
         try:
             await self._send.send(request)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -378,7 +423,7 @@ class Engine:
 
     def _write_now(self, memory: MemoryStateStore, action: Write) -> None:
         now = time.time()
-        rows = [StoredSubmission(s.seq, s.source_id, s.kind, s.text, now) for s in action.submissions]
+        rows = [_stored(s, now) for s in action.submissions]
         try:
             memory.accept_now(self.runtime_id, rows, dedup_window=self._dedup_window)
         except LeaseLost as exc:
@@ -464,7 +509,7 @@ class Engine:
             try:
                 await self._store.accept(
                     self.runtime_id,
-                    [StoredSubmission(s.seq, s.source_id, s.kind, s.text, now) for s in action.submissions],
+                    [_stored(s, now) for s in action.submissions],
                     dedup_window=self._dedup_window,
                 )
             except LeaseLost as exc:
@@ -488,16 +533,10 @@ class Engine:
                 await self._best_effort(
                     "mark input in doubt", partial(self._store.delivering, steered=steered), self.runtime_id, sub.seq
                 )
-        text = [p.TextInput(sub.text)]
-        params: Any
-        if action.method == "turn/start":
-            params = p.TurnStartParams(action.thread_id, text, sub.client_id)
-        else:
-            assert action.expected_turn_id is not None
-            params = p.TurnSteerParams(action.thread_id, action.expected_turn_id, text, sub.client_id)
+        params = delivery_params(action)
         flight.maybe_sent = True
         try:
-            raw = await live.connection.request(action.method, p.unstructure(params))
+            raw = await live.connection.request(action.method, params)
         except RpcError as exc:
             answer = _Delivered(action.token, refused=str(exc))
         except RequestTimeout as exc:

@@ -23,11 +23,13 @@ __all__ = [
     "AgentMessageDelta",
     "ClientInfo",
     "ErrorNotification",
+    "ImageUrlInput",
     "InitializeCapabilities",
     "InitializeParams",
     "InitializeResult",
     "Item",
     "ItemNotification",
+    "LocalImageInput",
     "SkillsExtraRootsSetParams",
     "TextInput",
     "ThreadInjectItemsParams",
@@ -43,6 +45,7 @@ __all__ = [
     "TurnStartResult",
     "TurnSteerParams",
     "TurnSteerResult",
+    "UserInput",
     "converter",
     "structure",
     "unstructure",
@@ -112,6 +115,25 @@ class TextInput:
 
 
 @attrs.frozen
+class ImageUrlInput:
+    """An image by URL (``http(s)://`` or ``data:``): codex's ``image`` user input."""
+
+    url: str
+    type: str = "image"
+
+
+@attrs.frozen
+class LocalImageInput:
+    """An image file codex reads when the turn starts: its ``localImage`` user input."""
+
+    path: str
+    type: str = "localImage"
+
+
+UserInput = TextInput | ImageUrlInput | LocalImageInput
+
+
+@attrs.frozen
 class Item:
     """A thread item. ``type`` and ``id`` are typed; everything else stays in ``raw``."""
 
@@ -170,10 +192,19 @@ class ThreadStartResult:
 
 @attrs.frozen
 class TurnStartParams:
+    """``turn/start``. The settings (model ... output_schema) hold for this turn; codex keeps all but
+    ``output_schema`` for the thread's later turns too."""
+
     thread_id: str
-    input: list[TextInput]
+    input: list[UserInput]
     client_user_message_id: str | None = None
     cwd: str | None = None
+    model: str | None = None
+    effort: str | None = None
+    summary: str | None = None
+    approval_policy: str | None = None
+    sandbox_policy: Mapping[str, Any] | None = None
+    output_schema: Mapping[str, Any] | None = None
 
 
 @attrs.frozen
@@ -185,7 +216,7 @@ class TurnStartResult:
 class TurnSteerParams:
     thread_id: str
     expected_turn_id: str
-    input: list[TextInput]
+    input: list[UserInput]
     client_user_message_id: str | None = None
 
 

@@ -23,10 +23,11 @@ from . import _protocol as p
 from ._completions import CompletionLedgerSnapshot
 from ._connection import Connection
 from ._core import Submission, SubmissionKind, outcome_of
-from ._errors import RpcError
+from ._errors import RpcError, StateStoreError
 from ._process import reap_orphan
 from ._settlement import TurnOutcome
-from ._state import StateStore
+from ._state import StateStore, StoredSubmission
+from ._turn_options import ImageInput, TurnOptions, decode_payload
 
 __all__ = ["Restored", "decide", "load", "reconcile"]
 
@@ -41,8 +42,8 @@ class Restored:
     thread_id: str | None
     next_seq: int
     seen: tuple[str, ...]
-    pending: tuple[tuple[int, str, SubmissionKind, str], ...]
-    in_doubt: tuple[tuple[int, str, SubmissionKind, str, bool], ...]
+    pending: tuple[tuple[int, str, SubmissionKind, str, TurnOptions | None, tuple[ImageInput, ...]], ...]
+    in_doubt: tuple[tuple[int, str, SubmissionKind, str, bool, TurnOptions | None, tuple[ImageInput, ...]], ...]
     completions: CompletionLedgerSnapshot | None
 
 
@@ -52,14 +53,32 @@ def _kind(value: str) -> SubmissionKind:
     return "channel"
 
 
+def _payload(runtime_id: str, stored: StoredSubmission) -> tuple[TurnOptions | None, tuple[ImageInput, ...]]:
+    try:
+        return decode_payload(stored.options)
+    except ValueError as exc:
+        raise StateStoreError(
+            f"[{runtime_id}] the stored options of input {stored.seq} cannot be read ({exc}); was the store written "
+            f"by a newer codex_trio?"
+        ) from exc
+
+
 async def load(store: StateStore, runtime_id: str, *, thread_id: str | None = None) -> Restored:
     """Read ``runtime_id``'s state; ``thread_id`` (a checkpoint) overrides the stored one."""
     snapshot = await store.load(runtime_id)
     child = snapshot.record.child
     if child is not None and await trio.to_thread.run_sync(reap_orphan, child):
         log.warning("[%s] reaped an app-server left running by a previous host (%s)", runtime_id, child)
-    in_doubt = tuple((s.seq, s.source_id, _kind(s.kind), s.text, s.steered) for s in snapshot.pending if s.delivering)
-    pending = tuple((s.seq, s.source_id, _kind(s.kind), s.text) for s in snapshot.pending if not s.delivering)
+    in_doubt = tuple(
+        (s.seq, s.source_id, _kind(s.kind), s.text, s.steered, *_payload(runtime_id, s))
+        for s in snapshot.pending
+        if s.delivering
+    )
+    pending = tuple(
+        (s.seq, s.source_id, _kind(s.kind), s.text, *_payload(runtime_id, s))
+        for s in snapshot.pending
+        if not s.delivering
+    )
     return Restored(
         thread_id=thread_id if thread_id is not None else snapshot.record.thread_id,
         next_seq=snapshot.next_seq,

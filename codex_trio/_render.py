@@ -14,6 +14,7 @@ No Trio, no I/O: everything here is a function of its arguments.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -76,6 +77,30 @@ def _to_attr_pairs(value: Mapping[str, str] | Iterable[Sequence[str]] | None) ->
     return tuple(pairs)
 
 
+def _to_images(value: Iterable[str | os.PathLike[str]] | None) -> tuple[str, ...]:
+    """Normalise ``images`` to a tuple of strings (URLs or paths); what they point at is checked by ``submit``."""
+    if value is None:
+        return ()
+    if isinstance(value, str | bytes | os.PathLike) or not isinstance(value, Iterable):
+        raise ConfigError(
+            f"ChannelInput.images must be a list of URLs or paths, got {type(value).__name__}",
+            field="images",
+            value=value,
+        )
+    images: list[str] = []
+    for index, image in enumerate(value):
+        path = os.fspath(image) if isinstance(image, os.PathLike) else image
+        if not isinstance(path, str):
+            raise ConfigError(
+                f"ChannelInput.images[{index}] must be a URL or a path (str or os.PathLike), got "
+                f"{type(image).__name__}",
+                field="images",
+                value=value,
+            )
+        images.append(path)
+    return tuple(images)
+
+
 def _require_str(name: str, value: object, *, optional: bool) -> None:
     if value is None and optional:
         return
@@ -92,6 +117,11 @@ class ChannelInput:
     input. When both ``attrs`` and ``body`` are given, codex instead sees a ``<channel>`` block built from
     ``source`` (default ``"channel"``), ``attrs`` (a list of ``(key, value)`` pairs or a mapping; order is
     kept) and ``body``; see :func:`render_channel_input`.
+
+    ``images`` go beside the text: each an ``http(s)://`` URL, a ``data:image/...;base64,`` URL, or a path to a
+    local PNG, JPEG, GIF or WebP file (``str`` or ``os.PathLike``). ``submit`` checks them (a missing or unreadable
+    file, a directory, a file that is not an image, a bad URL: :class:`~codex_trio.InvalidInput`) and makes a path
+    absolute then; codex reads the file when the turn starts (a file removed in between fails that turn).
     """
 
     source_id: str
@@ -99,6 +129,7 @@ class ChannelInput:
     source: str | None = None
     attrs: AttrPairs | None = field(default=None, converter=_to_attr_pairs)
     body: str | None = None
+    images: tuple[str, ...] = field(default=(), converter=_to_images)
 
     def __attrs_post_init__(self) -> None:
         _require_str("source_id", self.source_id, optional=False)

@@ -54,6 +54,7 @@ from ._settlement import Settlement
 from ._state import LostThread, MemoryStateStore, RuntimeStatus, StateStore
 from ._supervisor import StatusBoard, Supervisor
 from ._threads import ThreadResolution
+from ._turn_options import ImageInput, TurnOptions, check_images, check_options
 from ._util import NoPublicConstructor
 
 __all__ = [
@@ -254,18 +255,34 @@ class Runtime(metaclass=NoPublicConstructor):
 
     # == input ======================================================================================================
 
-    async def submit(self, item: ChannelInput) -> Admission:
+    async def submit(self, item: ChannelInput, *, options: TurnOptions | None = None) -> Admission:
         """Accept a channel message (deduplicated by ``source_id``) for delivery in acceptance order.
 
-        Raises :class:`~codex_trio.InvalidInput` for input that cannot travel (nothing is recorded). Concurrent
-        callers are safe: each is accepted or refused whole, in one order. A caller cancelled before its input was
-        taken leaves no trace; one cancelled while its input is being made durable gets the admission anyway (the
-        cancellation follows at its next checkpoint).
+        Raises :class:`~codex_trio.InvalidInput` for input that cannot travel (nothing is recorded): text or id
+        that cannot be sent, a bad ``options`` value (named, with what is accepted), a ``cwd`` that is not an
+        existing directory, an image that is a bad URL or not a readable image file. Concurrent callers are safe:
+        each is accepted or refused whole, in one order. A caller cancelled before its input was taken leaves no
+        trace; one cancelled while its input is being made durable gets the admission anyway (the cancellation
+        follows at its next checkpoint).
+
+        ``options`` (:class:`~codex_trio.TurnOptions`) and ``item.images`` are stored with the input (they survive
+        a restart) and sent on the ``turn/start`` of the turn it starts; images also travel on a ``turn/steer``.
+        With ``delivery_mode="steer"``, an input arriving while a turn runs joins that turn only if it sets no
+        options or exactly the options that turn was started with: a running turn's model, effort, sandbox, cwd
+        or output schema cannot change. Otherwise it waits for that turn to end and starts its own turn — and
+        the inputs accepted after it wait behind it, so acceptance order holds. codex keeps the settings (all but
+        ``output_schema``) for the thread's later turns. With ``output_schema``, the settlement carries the final
+        message parsed as ``Settlement.output`` (not JSON: ``failed``, the text kept).
         """
         if not isinstance(item, ChannelInput):
             raise TypeError(f"submit() takes a ChannelInput (got {type(item).__name__})")
         text = render_channel_input(item)
-        return await self._admit(item.source_id, "channel", text)
+        checked = check_options(options)  # cwd: one stat, as cheap as the checks next to it
+        images: tuple[ImageInput, ...] = ()
+        if item.images:
+            # Reads each file's first bytes: a thread, never the Trio thread.
+            images = await trio.to_thread.run_sync(check_images, item.images)
+        return await self._admit(item.source_id, "channel", text, options=checked, images=images)
 
     async def system_input(self, text: str, reason: SystemReason = "restart-notice") -> Admission:
         """A system notice. ``restart-notice`` is one-shot per session: ``skipped`` once anything else woke the
@@ -283,12 +300,20 @@ class Runtime(metaclass=NoPublicConstructor):
             raise TypeError(f"system_input() takes text as a str (got {type(text).__name__})")
         return await self._admit("", "notice" if reason == "restart-notice" else "system", text)
 
-    async def _admit(self, source_id: str, kind: SubmissionKind, text: str) -> Admission:
+    async def _admit(
+        self,
+        source_id: str,
+        kind: SubmissionKind,
+        text: str,
+        *,
+        options: TurnOptions | None = None,
+        images: tuple[ImageInput, ...] = (),
+    ) -> Admission:
         check_input(source_id, text)
         if self._stopping:
             await trio.lowlevel.checkpoint()
             return Admission("stopped", source_id)
-        return await self.engine.admit(source_id, kind, text)
+        return await self.engine.admit(source_id, kind, text, options=options, images=images)
 
     async def interrupt(self) -> bool:
         """Interrupt the active turn. Returns False when no turn is active (or codex has none to interrupt)."""

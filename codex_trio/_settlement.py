@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 import attrs
 
+from ._json import JsonValue
+
 __all__ = ["Outcome", "Settlement", "TurnOutcome"]
 
 Outcome = Literal["completed", "failed", "interrupted", "stopped"]
@@ -44,3 +46,6 @@ class Settlement:
     #: Set on the first settlement after a ``thread/resume`` failed and the runtime moved to a fresh thread, so
     #: the caller learns that the agent no longer has the earlier conversation in context (a ThreadLost event).
     thread_lost: Any = None
+    #: With ``TurnOptions.output_schema``: the final message parsed as JSON (``text`` keeps it as sent). A final
+    #: message that is not JSON settles ``failed`` instead, with the text kept and ``error`` saying so.
+    output: JsonValue = None

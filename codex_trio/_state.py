@@ -138,6 +138,8 @@ class StoredSubmission:
     delivering: bool = False
     #: it was being steered into a running turn (``turn/steer``) rather than starting one
     steered: bool = False
+    #: its turn options and images, as one JSON document (``_turn_options.encode_payload``); None: none
+    options: str | None = None
 
 
 @attrs.frozen
@@ -679,6 +681,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             released_at REAL
         )""",
     ),
+    # 5: what travels beside an input's text: its turn options and images (JSON; NULL = none).
+    ("ALTER TABLE pending ADD COLUMN options TEXT",),
 )
 
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -732,9 +736,9 @@ def _pragma_int(conn: sqlite3.Connection, name: str) -> int:
 
 
 def _submission(values: list[Any]) -> StoredSubmission:
-    seq, source_id, kind, text, accepted_at, delivering = values
+    seq, source_id, kind, text, accepted_at, delivering, options = values
     # The column holds 0 (not sent yet), 1 (being sent: turn/start) or 2 (being sent: turn/steer).
-    return StoredSubmission(seq, source_id, kind, text, accepted_at, bool(delivering), delivering == 2)
+    return StoredSubmission(seq, source_id, kind, text, accepted_at, bool(delivering), delivering == 2, options)
 
 
 def _bind(value: Any) -> Any:
@@ -1418,7 +1422,7 @@ class SqliteStateStore:
             pending = [
                 _submission(_row(r))
                 for r in conn.execute(
-                    "SELECT seq, source_id, kind, text, accepted_at, delivering FROM pending "
+                    "SELECT seq, source_id, kind, text, accepted_at, delivering, options FROM pending "
                     "WHERE runtime_id = ? ORDER BY seq",
                     (rid,),
                 )
@@ -1542,9 +1546,9 @@ class SqliteStateStore:
             # One statement set per submission, the same steps as one accept each, all in this transaction.
             for sub in batch:
                 conn.execute(
-                    "INSERT INTO pending (runtime_id, seq, source_id, kind, text, accepted_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    _bind_all((runtime_id, sub.seq, sub.source_id, sub.kind, sub.text, sub.accepted_at)),
+                    "INSERT INTO pending (runtime_id, seq, source_id, kind, text, accepted_at, options) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    _bind_all((runtime_id, sub.seq, sub.source_id, sub.kind, sub.text, sub.accepted_at, sub.options)),
                 )
                 if sub.source_id:
                     conn.execute(
