@@ -30,7 +30,6 @@ import re
 import stat
 from collections.abc import Iterable, Mapping
 from typing import Final, Literal, TypeAlias, get_args
-from urllib.parse import urlsplit
 
 import attrs
 
@@ -72,6 +71,8 @@ MAX_IMAGES: Final = 16
 #: A ``data:`` URL travels inside the input (and the stored row): bound it as codex bounds text input.
 MAX_DATA_URL_CHARS: Final = 20 * 1024 * 1024
 
+#: What is taken as a URL (anything else is a path). codex takes ``data:`` URLs only; the others are refused with
+#: the reason, rather than looked for as files.
 _URL_PREFIXES: Final = ("http://", "https://", "data:")
 _DATA_URL = re.compile(r"data:image/(png|jpeg|jpg|gif|webp);base64,(.+)", re.DOTALL)
 #: The image formats codex reads from a local file, by their first bytes.
@@ -125,8 +126,9 @@ _NO_OPTIONS: Final = TurnOptions()
 
 @attrs.frozen
 class ImageInput:
-    """One image beside an input's text: a URL (``http(s)://`` or a ``data:image/...;base64,`` URL) or a local file
-    (an absolute path, read by codex when the turn starts)."""
+    """One image beside an input's text: a ``data:image/...;base64,`` URL (codex's ``image`` input) or a local file
+    (an absolute path, codex's ``localImage``: codex reads it when the turn starts and sends the model a data
+    URL)."""
 
     kind: Literal["url", "local"]
     value: str
@@ -197,10 +199,15 @@ def _check_url(index: int, url: str) -> ImageInput:
         except (binascii.Error, ValueError):
             raise InvalidInput(f"{field} holds data that is not valid base64", field=field) from None
         return ImageInput("url", url)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
-        raise InvalidInput(f"{field} is not a valid http(s) URL: {url[:200]!r}", field=field)
-    return ImageInput("url", url)
+    if url.startswith(("http://", "https://")):
+        # codex 0.171 refuses it on turn/start ("remote image URLs are not supported; use an inline data URL
+        # instead", -32600): refused here, where the caller can still act on it, not as a failed turn.
+        raise InvalidInput(
+            f"{field} is a remote URL ({url[:100]!r}); codex does not fetch images: download it and pass the file's "
+            f"path, or a data:image/...;base64, URL",
+            field=field,
+        )
+    raise InvalidInput(f"{field} is not an image URL codex accepts: {url[:100]!r}", field=field)  # pragma: no cover
 
 
 def _sniff(head: bytes) -> str | None:
@@ -217,7 +224,7 @@ def _check_file(index: int, path: str) -> ImageInput:
     if not path or "\0" in path:
         raise InvalidInput(f"{field} must be a URL or a path to an image file, got {path!r}", field=field)
     absolute = os.path.abspath(os.path.expanduser(path))
-    hint = " (a URL must start with http://, https:// or data:)"
+    hint = " (an image URL must be a data:image/...;base64, URL)"
     try:
         info = os.stat(absolute)
     except FileNotFoundError:
@@ -242,9 +249,10 @@ def _check_file(index: int, path: str) -> ImageInput:
 
 
 def check_images(images: Iterable[str]) -> tuple[ImageInput, ...]:
-    """Each image checked: a URL (``http(s)://``, ``data:image/...;base64,``) or an existing, readable image file
-    (PNG, JPEG, GIF, WebP, by its first bytes), made absolute. Raises :class:`~codex_trio.InvalidInput` naming
-    ``images[i]``. Blocking I/O (it reads each file's first bytes)."""
+    """Each image checked: a ``data:image/...;base64,`` URL or an existing, readable image file (PNG, JPEG, GIF,
+    WebP, by its first bytes), made absolute. An ``http(s)://`` URL is refused: codex does not fetch images.
+    Raises :class:`~codex_trio.InvalidInput` naming ``images[i]``. Blocking I/O (it reads each file's first
+    bytes)."""
     images = tuple(images)
     if len(images) > MAX_IMAGES:
         raise InvalidInput(f"{len(images)} images; at most {MAX_IMAGES} per input", field="images")

@@ -98,6 +98,11 @@ class Text:
     deltas: int | tuple[str, ...] | None = attrs.field(default=None, converter=_normalize_deltas)
     item_id: str | None = None
 
+    @classmethod
+    def json(cls, value: Any, *, deltas: int | Sequence[str] | None = None) -> Text:
+        """A message that answers ``value`` as JSON text (what a turn with an output schema expects)."""
+        return cls(json.dumps(value), deltas=deltas)
+
     def delta_chunks(self) -> list[str]:
         if self.deltas is None:
             return _word_chunks(self.text)
@@ -288,6 +293,57 @@ class RecordedRequest:
             (str(item.get("role")), "".join(_part_texts(item.get("content"))))
             for item in self.input
             if _is_message(item)
+        ]
+
+    @property
+    def model(self) -> str | None:
+        """The model codex asked for (``TurnOptions.model``, or config.toml's ``model``)."""
+        value = self.body.get("model") if isinstance(self.body, dict) else None
+        return value if isinstance(value, str) else None
+
+    @property
+    def reasoning(self) -> dict[str, Any]:
+        """The request's ``reasoning`` object (``effort``, ``summary``), empty when codex sent none."""
+        value = self.body.get("reasoning") if isinstance(self.body, dict) else None
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def reasoning_effort(self) -> str | None:
+        value = self.reasoning.get("effort")
+        return value if isinstance(value, str) else None
+
+    @property
+    def reasoning_summary(self) -> str | None:
+        value = self.reasoning.get("summary")
+        return value if isinstance(value, str) else None
+
+    @property
+    def output_schema(self) -> Any:
+        """The JSON schema of ``text.format`` (a turn's ``outputSchema``), or None."""
+        text = self.body.get("text") if isinstance(self.body, dict) else None
+        fmt = text.get("format") if isinstance(text, dict) else None
+        return fmt.get("schema") if isinstance(fmt, dict) and fmt.get("type") == "json_schema" else None
+
+    def input_images(self) -> list[str]:
+        """The ``image_url`` of every ``input_image`` part of the user messages, in order. codex sends a local
+        image (``localImage``) as a data URL too, between ``<image ... path="...">`` text parts."""
+        return [
+            str(part["image_url"])
+            for item in self.input
+            if _is_message(item) and item.get("role") == "user" and isinstance(item.get("content"), list)
+            for part in item["content"]
+            if isinstance(part, dict) and part.get("type") == "input_image" and "image_url" in part
+        ]
+
+    def last_user_images(self) -> list[str]:
+        """The ``input_image`` URLs of the newest user message only (the input this turn added)."""
+        users = [i for i in self.input if _is_message(i) and i.get("role") == "user"]
+        if not users or not isinstance(users[-1].get("content"), list):
+            return []
+        return [
+            str(part["image_url"])
+            for part in users[-1]["content"]
+            if isinstance(part, dict) and part.get("type") == "input_image" and "image_url" in part
         ]
 
     def function_call_outputs(self) -> dict[str, str]:

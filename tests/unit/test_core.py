@@ -88,6 +88,7 @@ from codex_trio._events import (
     TurnStarted,
 )
 from codex_trio._settlement import Outcome, Settlement, TurnOutcome
+from codex_trio._turn_options import TurnOptions
 
 _T = TypeVar("_T")
 _E = TypeVar("_E")
@@ -263,6 +264,11 @@ CODEX_MOVE_WEIGHTS: Final = {
 CODEX_MOVES: Final = tuple(move for move, weight in CODEX_MOVE_WEIGHTS.items() for _ in range(weight))
 #: What reconciliation may learn of an in-doubt input codex has (None: codex has it, its outcome is unknown).
 RECONCILED: Final[tuple[Outcome | None, ...]] = (None, "completed", "failed")
+#: The options a channel input may carry: none (it may join any turn), or one of two settings (it joins only a turn
+#: started with the same ones; otherwise it waits for the running turn to end and starts its own).
+OPTIONS_A: Final = TurnOptions(model="model-a")
+OPTIONS_B: Final = TurnOptions(model="model-b", effort="high")
+OPTION_CHOICES: Final[tuple[TurnOptions | None, ...]] = (None, None, OPTIONS_A, OPTIONS_A, OPTIONS_B)
 #: Small bounds for the machine, so that it reaches them (the real ones are tested by examples).
 MACHINE_BOUNDS: Final = {"_REMEMBERED_ENDED": 4, "_REMEMBERED_EARLY": 2, "_MAX_ITEMS_PER_TURN": 3}
 
@@ -299,6 +305,8 @@ class CodexTurn:
     #: codex told the core that it ended (turn/completed, or a fatal error naming it)
     terminal_sent: bool = False
     items: int = 0
+    #: the options of the turn/start that started it (None for a turn nobody here started)
+    options: TurnOptions | None = None
 
 
 @attrs.define(eq=False)
@@ -337,6 +345,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.accepted_ids: list[str] = []  # non-empty source ids, in the order they entered the window
         # -- the store, as the engine keeps it from the actions: accepted rows until a persisted settlement
         self.store: dict[int, tuple[str, SubmissionKind, str]] = {}
+        self.store_options: dict[int, TurnOptions | None] = {}
         self.delivering: set[int] = set()
         self.lives = 0
         self.new_life()
@@ -393,8 +402,8 @@ class CoreMachine(RuleBasedStateMachine):
         from the start (most of what there is to check needs one), reconciled first as the engine does."""
         self.lives += 1
         rows = [(seq, *row) for seq, row in sorted(self.store.items())]
-        pending = [row for row in rows if row[0] not in self.delivering]
-        in_doubt = [(*row, False) for row in rows if row[0] in self.delivering]
+        pending = [(*row, self.store_options.get(row[0]), ()) for row in rows if row[0] not in self.delivering]
+        in_doubt = [(*row, False, self.store_options.get(row[0]), ()) for row in rows if row[0] in self.delivering]
         self.core = RuntimeCore(
             delivery_mode=self.mode,
             dedup_window=self.window,
@@ -407,6 +416,7 @@ class CoreMachine(RuleBasedStateMachine):
         )
         assert self.core.next_seq == self.next_seq and self.core.seen_ids() == self.window_ids()
         for sub in self.core.queued() + self.core.in_doubt():
+            assert sub.options == self.store_options.get(sub.seq), "restored input lost its options"
             self.subs[sub.seq] = sub
             self.kinds[sub.seq] = sub.kind
             self.sub_gen[sub.seq] = None
@@ -423,7 +433,12 @@ class CoreMachine(RuleBasedStateMachine):
         window=st.sampled_from([0, 1, 3, 1024]),
         first_seq=st.integers(1, 5),
         restored=st.lists(
-            st.tuples(st.sampled_from(POOL), st.sampled_from(["channel", "system", "trigger"]), st.booleans()),
+            st.tuples(
+                st.sampled_from(POOL),
+                st.sampled_from(["channel", "system", "trigger"]),
+                st.booleans(),
+                st.sampled_from(OPTION_CHOICES),
+            ),
             max_size=3,
         ),
         up=st.sampled_from([True, True, False]),
@@ -436,7 +451,7 @@ class CoreMachine(RuleBasedStateMachine):
         mode: DeliveryMode,
         window: int,
         first_seq: int,
-        restored: list[tuple[str, SubmissionKind, bool]],
+        restored: list[tuple[str, SubmissionKind, bool, TurnOptions | None]],
         up: bool,
         eager: bool,
         resend: list[bool],
@@ -444,8 +459,8 @@ class CoreMachine(RuleBasedStateMachine):
     ) -> None:
         """A fresh store, or one a previous host left: pending input, and in-doubt input (the oldest)."""
         self.mode, self.window = mode, window
-        n_doubt = sum(1 for *_, doubt in restored if doubt)
-        for n, (source_id, kind, _) in enumerate(restored):
+        n_doubt = sum(1 for _, _, doubt, _ in restored if doubt)
+        for n, (source_id, kind, _, options) in enumerate(restored):
             if source_id == "fresh":
                 source_id = f"restored-{n}"
             if source_id and source_id in self.accepted_ids:
@@ -454,6 +469,7 @@ class CoreMachine(RuleBasedStateMachine):
                 self.accepted_ids.append(source_id)
             seq = first_seq + n
             self.store[seq] = (source_id, kind, f"restored-{n}")
+            self.store_options[seq] = options if kind == "channel" else None
             if n < n_doubt:
                 self.delivering.add(seq)
         self.next_seq = first_seq + len(restored)
@@ -573,6 +589,7 @@ class CoreMachine(RuleBasedStateMachine):
                     self.accepted_ids.append(mr.request.source_id)
                 if ok and mr.request.kind != "notice":
                     self.store[mr.seq] = (mr.request.source_id, mr.request.kind, mr.request.text)
+                    self.store_options[mr.seq] = mr.request.options
             else:
                 mr.expect = "failed"
             mr.state = "answered"
@@ -637,6 +654,9 @@ class CoreMachine(RuleBasedStateMachine):
             if mr.request.kind != "notice"
         ]
         assert [(s.seq, s.source_id, s.kind, s.text) for s in write.submissions] == expected
+        assert [s.options for s in write.submissions] == [
+            mr.request.options for mr in batch.members if mr.request.kind != "notice"
+        ]
 
     def on_Answer(self, answer: Answer) -> None:
         mr = self.by_request[id(answer.request)]
@@ -648,10 +668,11 @@ class CoreMachine(RuleBasedStateMachine):
         if answer.status in ("submitted", "queued"):
             sub = answer.submission
             assert sub is not None and sub.seq == mr.seq
-            assert (sub.source_id, sub.kind, sub.text) == (
+            assert (sub.source_id, sub.kind, sub.text, sub.options) == (
                 mr.request.source_id,
                 mr.request.kind,
                 mr.request.text,
+                mr.request.options,
             )
             self.subs[sub.seq] = sub
         else:
@@ -684,6 +705,11 @@ class CoreMachine(RuleBasedStateMachine):
             assert send.expected_turn_id == next(
                 t.id for t in reversed(session.turns.values()) if t.steerable and not t.interrupting
             )
+            # The options rule: it joins a running turn only if it sets nothing, or what that turn was started with.
+            codex_turn = self.codex_turns.get(send.expected_turn_id or "")
+            turn_options = codex_turn.options if codex_turn is not None else None
+            options = send.submission.options
+            assert options is None or options == turn_options, f"steered {options} into a turn of {turn_options}"
         else:
             assert not any(t.steerable and not t.interrupting for t in session.turns.values())
             assert not any(t.interrupting for t in session.turns.values())
@@ -819,19 +845,26 @@ class CoreMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: len(self.queue) + len(self.waiting) < 4)
     @rule(
-        arrivals=st.lists(st.tuples(st.sampled_from(POOL), st.sampled_from(KINDS)), min_size=1, max_size=3),
+        arrivals=st.lists(
+            st.tuples(st.sampled_from(POOL), st.sampled_from(KINDS), st.sampled_from(OPTION_CHOICES)),
+            min_size=1,
+            max_size=3,
+        ),
         write=st.sampled_from(["later", "ok", "ok", "ok", "fail"]),
     )
-    def request(self, arrivals: list[tuple[str, SubmissionKind]], write: str) -> None:
+    def request(self, arrivals: list[tuple[str, SubmissionKind, TurnOptions | None]], write: str) -> None:
         """Callers ask for inputs to be accepted (several at once: those arriving during a write form a batch);
         the store makes the batch durable now, fails to, or takes its time (:meth:`finish_write`)."""
-        for source_id, kind in arrivals:
+        for source_id, kind, options in arrivals:
             if source_id == "fresh":
                 source_id = f"id-{self.fresh_ids}"
                 self.fresh_ids += 1
             if kind == "notice":
                 source_id = ""  # the runtime's restart notices have no source id
-            request = AdmitRequest(source_id, kind, f"input-{len(self.reqs)}")
+            # Only channel input carries options (``submit``); notices and system input never do.
+            request = AdmitRequest(
+                source_id, kind, f"input-{len(self.reqs)}", options=options if kind == "channel" else None
+            )
             mr = ModelRequest(request)
             self.reqs.append(mr)
             self.by_request[id(request)] = mr
@@ -998,7 +1031,7 @@ class CoreMachine(RuleBasedStateMachine):
         assert flight is not None
         seq = flight.send.submission.seq
         if flight.send.method == "turn/start":
-            turn = CodexTurn(self.new_turn_id())
+            turn = CodexTurn(self.new_turn_id(), options=flight.send.submission.options)
             self.codex_turns[turn.id] = turn
         else:
             target = self.codex_turns.get(flight.send.expected_turn_id or "")
@@ -1293,9 +1326,18 @@ class CoreMachine(RuleBasedStateMachine):
         turns = list(session.turns.values())
         if self.mode == "queue":
             assert turns, "wedged: input queued, a session up, nothing in flight, no turn open"
-        else:
-            assert not any(t.steerable and not t.interrupting for t in turns), "wedged: a steerable turn is open"
+            return
+        target = next((t for t in reversed(turns) if t.steerable and not t.interrupting), None)
+        if target is None:
             assert any(t.interrupting for t in turns), "wedged: nothing to wait for"
+            return
+        # Waiting beside a steerable turn only because the head's options differ from that turn's: it waits for the
+        # turn to end (which its deadline bounds) and then starts its own.
+        codex_turn = self.codex_turns.get(target.id)
+        head = core.queued()[0].options
+        assert head is not None and head != (codex_turn.options if codex_turn is not None else None), (
+            "wedged: a steerable turn is open and the head may join it"
+        )
 
     @invariant()
     def open_turns_have_deadlines(self) -> None:
