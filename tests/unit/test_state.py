@@ -236,6 +236,19 @@ async def test_accept_delivered_settle_keep_pending_in_seq_order(harness: Harnes
         assert await store.recent_settlements("rt") == [settlement(3, "failed"), settlement(2)]
 
 
+async def test_a_pending_inputs_options_survive_a_reopen_and_its_delivery_mark(harness: Harness) -> None:
+    store = await harness.own("rt")
+    options = '{"options":{"model":"m","effort":"high"},"images":[["local","/a.png"]]}'
+    with trio.fail_after(GUARD):
+        with_options = attrs.evolve(sub(1, "s1"), options=options)
+        await store.accept("rt", [with_options, sub(2, "s2")], dedup_window=10)
+        await store.delivering("rt", 1, steered=True)
+        store = await harness.reopen()
+        snap = await store.load("rt")
+        assert snap.pending == [attrs.evolve(with_options, delivering=True, steered=True), sub(2, "s2")]
+        assert snap.pending[1].options is None
+
+
 async def test_accept_rejects_a_seq_not_above_the_last(harness: Harness) -> None:
     store = await harness.own("rt")
     with trio.fail_after(GUARD):
@@ -883,6 +896,7 @@ async def test_sqlite_upgrades_a_v1_database(tmp_path: Path) -> None:
             assert snap.record.status == "stopped"
             assert snap.record.thread_id == "t-old"
             assert snap.pending == [StoredSubmission(7, "chat:1", "channel", "hi", 2.0)]
+            assert snap.pending[0].options is None  # v5: the options column of an old row is NULL
             assert (snap.dedup_ids, snap.next_seq, snap.completions) == (["chat:1"], 8, None)
             # the v2 table works, and so do the v4 leases
             assert await store.owner("old") is None
