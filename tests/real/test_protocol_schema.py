@@ -131,6 +131,8 @@ PAIRS = [
     Pair(p.TextInput, "v2/TurnStartParams.json", "UserInput:text", sent=True),
     Pair(p.TurnSteerParams, "v2/TurnSteerParams.json", sent=True),
     Pair(p.TextInput, "v2/TurnSteerParams.json", "UserInput:text", sent=True),
+    Pair(p.LocalImageInput, "v2/TurnStartParams.json", "UserInput:localImage", sent=True),
+    Pair(p.LocalImageInput, "v2/TurnSteerParams.json", "UserInput:localImage", sent=True),
     Pair(p.TurnInterruptParams, "v2/TurnInterruptParams.json", sent=True),
     Pair(p.ThreadInjectItemsParams, "v2/ThreadInjectItemsParams.json", sent=True),
     Pair(p.SkillsExtraRootsSetParams, "v2/SkillsExtraRootsSetParams.json", sent=True),
@@ -228,6 +230,41 @@ def test_text_input_type_tag_is_a_user_input(schema_dir: Path, file: str) -> Non
     params = load(schema_dir, file)["properties"]["input"]
     assert resolve(doc, params["items"]) == doc["definitions"]["UserInput"]
     assert "type" in variant(doc, "UserInput", p.TextInput("x").type)["required"]
+
+
+@pytest.mark.parametrize("file", ["v2/TurnStartParams.json", "v2/TurnSteerParams.json"])
+def test_an_image_by_url_is_a_user_input(schema_dir: Path, file: str) -> None:
+    # ``url`` sits in an ``anyOf`` (url or fileId) beside the ``type`` tag, not among the variant's properties.
+    doc = load(schema_dir, file)
+    image = variant(doc, "UserInput", p.ImageUrlInput("x").type)
+    assert image["required"] == ["type"]
+    assert {
+        "properties": {"url": {"type": "string"}},
+        "required": ["url"],
+        "title": "UrlUserInput",
+        "type": "object",
+    } in (image["anyOf"])
+
+
+def test_turn_option_values_are_the_schemas(schema_dir: Path) -> None:
+    """The values ``TurnOptions`` accepts and what it sends are those of the pinned codex's ``TurnStartParams``."""
+    from codex_trio import _turn_options as o
+
+    doc = load(schema_dir, "v2/TurnStartParams.json")
+    defs = doc["definitions"]
+    assert set(o._SUMMARIES) == {v for m in defs["ReasoningSummary"]["oneOf"] for v in m["enum"]}
+    assert set(o._APPROVALS) == {v for m in defs["AskForApproval"]["oneOf"] if "enum" in m for v in m["enum"]}
+    sandbox_types = {m["properties"]["type"]["enum"][0] for m in defs["SandboxPolicy"]["oneOf"]}
+    assert set(o._SANDBOX_TYPES.values()) <= sandbox_types
+    # 0.171 takes any non-empty effort a model advertises; ours are the known ones
+    assert defs["ReasoningEffort"] == {
+        "description": defs["ReasoningEffort"]["description"],
+        "minLength": 1,
+        "type": "string",
+    }
+    props = doc["properties"]
+    for name in ("model", "effort", "summary", "approvalPolicy", "sandboxPolicy", "cwd", "outputSchema"):
+        assert name in props, name
 
 
 @pytest.mark.parametrize("file", ["v2/ItemCompletedNotification.json", "v2/TurnCompletedNotification.json"])
