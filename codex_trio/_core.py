@@ -29,6 +29,11 @@ Rules the Hypothesis machine in ``tests/unit/test_core.py`` holds it to:
   leaves no trace; a failed write leaves no trace either.
 * **FIFO.** Inputs reach codex in sequence order. One delivery request is in flight at a time: a ``turn/steer``
   needs the turn id the previous ``turn/start`` answered with.
+* **Options never steer into another turn's settings.** An input steers into a running turn only when it carries no
+  :class:`~codex_trio.TurnOptions` or exactly those the turn was started with (:func:`may_steer`); otherwise it waits
+  at the queue's head for that turn to end and starts its own, and the inputs behind it wait too (FIFO first).
+* **Structured output.** An input whose options carry an ``output_schema`` settles with its turn's final message
+  parsed (``Settlement.output``); a completed turn whose final message is not JSON settles ``failed``.
 * **Exactly once.** An accepted input settles once; a second settlement is a bug (``AssertionError``).
 * **Every open turn has a deadline**, whoever started it. Past it, its inputs settle ``failed`` and the turn is
   interrupted; a turn that codex does not end within ``interrupt_timeout`` of the interrupt ends the session.

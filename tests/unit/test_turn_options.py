@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
-from codex_trio import ChannelInput, ConfigError, InvalidInput, TurnOptions
+from codex_trio import ChannelInput, ConfigError, InvalidInput, MemoryStateStore, StateStoreError, TurnOptions
 from codex_trio._core import AdmitRequest, Answer, RuntimeCore, Send, Settle, Submission, Write, may_steer
 from codex_trio._engine import delivery_params
+from codex_trio._recovery import load
+from codex_trio._state import StoredSubmission
 from codex_trio._turn_options import (
     ImageInput,
     check_images,
@@ -360,3 +362,32 @@ def test_without_a_schema_there_is_no_output_and_a_failed_turn_stays_failed() ->
     d2.answer(one(actions, Send), "t1")
     (failed,) = settled(d2.completed("t1", "failed", error="model down"))
     assert (failed.outcome, failed.error, failed.output) == ("failed", "model down", None)
+
+
+# == recovery: what a restarted host reads back =======================================================================
+
+
+async def test_load_gives_the_core_each_inputs_options_and_images() -> None:
+    store = MemoryStateStore()
+    await store.acquire("rt")
+    options = TurnOptions(model="m", effort="low")
+    images = (ImageInput("local", "/a.png"),)
+    rows = [
+        StoredSubmission(1, "a", "channel", "one", 1.0, options=encode_payload(options, images)),
+        StoredSubmission(2, "b", "channel", "two", 1.0),
+    ]
+    await store.accept("rt", rows, dedup_window=8)
+    await store.delivering("rt", 1)
+    restored = await load(store, "rt")
+    assert restored.in_doubt == ((1, "a", "channel", "one", False, options, images),)
+    assert restored.pending == ((2, "b", "channel", "two", None, ()),)
+    core = RuntimeCore(pending=restored.pending, in_doubt=restored.in_doubt)
+    assert [(s.options, s.images) for s in core.in_doubt()] == [(options, images)]
+
+
+async def test_options_this_version_cannot_read_stop_the_load() -> None:
+    store = MemoryStateStore()
+    await store.acquire("rt")
+    await store.accept("rt", [StoredSubmission(1, "a", "channel", "one", 1.0, options="[1]")], dedup_window=8)
+    with pytest.raises(StateStoreError, match="stored options of input 1 cannot be read"):
+        await load(store, "rt")
