@@ -22,7 +22,6 @@ import trio
 
 from codex_trio import ChannelInput, InvalidInput, SqliteStateStore, TurnOptions
 from codex_trio.testing._mock_model import Hang, MockModelServer, RecordedRequest, Text
-
 from tests.real.test_runtime_real import real_runtime
 
 pytestmark = pytest.mark.real_codex
@@ -119,27 +118,26 @@ async def test_images_by_data_url_and_local_file_reach_the_model(tmp_path: Path)
 async def test_a_bad_image_or_option_is_invalid_input_and_nothing_is_recorded(tmp_path: Path) -> None:
     db = tmp_path / "state.db"
     with MockModelServer() as model, trio.fail_after(120):
-        async with SqliteStateStore(db) as store:
-            async with real_runtime(tmp_path, model, state=store) as (runtime, _):
-                missing = tmp_path / "missing.png"
-                with pytest.raises(InvalidInput, match="no such image file") as info:
-                    await runtime.submit(ChannelInput("chat:1", "see", images=[missing]))
-                assert info.value.field == "images[0]"
-                with pytest.raises(InvalidInput, match="codex does not fetch images"):
-                    await runtime.submit(ChannelInput("chat:1", "see", images=["https://example.com/cat.png"]))
-                with pytest.raises(InvalidInput, match="does not exist") as info:
-                    await runtime.submit(ChannelInput("chat:1", "see"), options=TurnOptions(cwd=tmp_path / "nope"))
-                assert info.value.field == "options.cwd"
-                with pytest.raises(InvalidInput, match="'low'"):
-                    await runtime.submit(ChannelInput("chat:1", "see"), options=TurnOptions(effort="max"))  # type: ignore[arg-type]
-                snapshot = await store.load(runtime.runtime_id)
-                assert (snapshot.pending, snapshot.dedup_ids, snapshot.next_seq) == ([], [], 1)
-                assert model.requests == []
-                # the id stayed unused: the fixed input goes through
-                missing.write_bytes(PNG)
-                fixed = await runtime.submit(ChannelInput("chat:1", "see", images=[missing]))
-                assert fixed.status == "submitted" and fixed.seq == 1
-                assert (await fixed.settled()).outcome == "completed"
+        async with SqliteStateStore(db) as store, real_runtime(tmp_path, model, state=store) as (runtime, _):
+            missing = tmp_path / "missing.png"
+            with pytest.raises(InvalidInput, match="no such image file") as info:
+                await runtime.submit(ChannelInput("chat:1", "see", images=[missing]))
+            assert info.value.field == "images[0]"
+            with pytest.raises(InvalidInput, match="codex does not fetch images"):
+                await runtime.submit(ChannelInput("chat:1", "see", images=["https://example.com/cat.png"]))
+            with pytest.raises(InvalidInput, match="does not exist") as info:
+                await runtime.submit(ChannelInput("chat:1", "see"), options=TurnOptions(cwd=tmp_path / "nope"))
+            assert info.value.field == "options.cwd"
+            with pytest.raises(InvalidInput, match="'low'"):
+                await runtime.submit(ChannelInput("chat:1", "see"), options=TurnOptions(effort="max"))  # type: ignore[arg-type]
+            snapshot = await store.load(runtime.runtime_id)
+            assert (snapshot.pending, snapshot.dedup_ids, snapshot.next_seq) == ([], [], 1)
+            assert model.requests == []
+            # the id stayed unused: the fixed input goes through
+            missing.write_bytes(PNG)
+            fixed = await runtime.submit(ChannelInput("chat:1", "see", images=[missing]))
+            assert fixed.status == "submitted" and fixed.seq == 1
+            assert (await fixed.settled()).outcome == "completed"
     assert len(model.last_request().last_user_images()) == 1
 
 
@@ -229,14 +227,15 @@ async def test_options_and_images_survive_a_restart_with_a_sqlite_store(tmp_path
         stored = json.loads(next(p.options for p in (await _load(db)).pending if p.options))
         assert stored["options"]["model"] == "model-after-restart"
         # the next host: the hanging input is reconciled (codex has it), the queued one goes with its options
-        async with SqliteStateStore(db) as store:
-            async with real_runtime(tmp_path, model, state=store, delivery_mode="queue") as (runtime, _):
-                await wait_for(lambda: runtime.statistics().queued == 0, "delivered")
-                with trio.fail_after(60):
-                    while not any("queued with options" in r.input_texts() for r in model.requests):
-                        await trio.sleep(0.05)
-                snapshot = await _wait_settled(store, runtime.runtime_id)
-                assert snapshot == []
+        async with (
+            SqliteStateStore(db) as store,
+            real_runtime(tmp_path, model, state=store, delivery_mode="queue") as (runtime, _),
+        ):
+            await wait_for(lambda: runtime.statistics().queued == 0, "delivered")
+            with trio.fail_after(60):
+                while not any("queued with options" in r.input_texts() for r in model.requests):
+                    await trio.sleep(0.05)
+            assert await _wait_settled(store, runtime.runtime_id) == []
     request = request_with(model, "queued with options")
     assert (request.model, request.reasoning_effort) == ("model-after-restart", "low")
     assert len(request.last_user_images()) == 1

@@ -23,7 +23,6 @@ from codex_trio._turn_options import (
     encode_payload,
     parse_output,
 )
-
 from tests.unit.test_core import THREAD, Driver, agent_message, item_params, of, one, settled
 
 PNG = base64.b64decode(
@@ -44,10 +43,10 @@ SCHEMA: dict[str, Any] = {
 @pytest.mark.parametrize(
     ("options", "field", "accepted"),
     [
-        (TurnOptions(effort="extreme"), "options.effort", "'none' | 'minimal' | 'low' | 'medium' | 'high' | 'xhigh'"),
-        (TurnOptions(summary="short"), "options.summary", "'auto' | 'concise' | 'detailed' | 'none'"),
-        (TurnOptions(sandbox="readOnly"), "options.sandbox", "'read-only' | 'workspace-write' | 'danger-full-access'"),
-        (TurnOptions(approval_policy="always"), "options.approval_policy", "'untrusted' | 'on-request' | 'never'"),
+        (TurnOptions(effort="extreme"), "options.effort", "'none' | 'minimal' | 'low' | 'medium' | 'high' | 'xhigh'"),  # type: ignore[arg-type]
+        (TurnOptions(summary="short"), "options.summary", "'auto' | 'concise' | 'detailed' | 'none'"),  # type: ignore[arg-type]
+        (TurnOptions(sandbox="readOnly"), "options.sandbox", "'read-only' | 'workspace-write' | 'danger-full-access'"),  # type: ignore[arg-type]
+        (TurnOptions(approval_policy="always"), "options.approval_policy", "'untrusted' | 'on-request' | 'never'"),  # type: ignore[arg-type]
     ],
 )
 def test_a_bad_value_names_the_field_and_what_is_accepted(options: TurnOptions, field: str, accepted: str) -> None:
@@ -157,7 +156,7 @@ def test_channel_input_takes_paths_and_refuses_a_single_string(tmp_path: Path) -
     assert ChannelInput("a", "hi", images=[tmp_path / "x.png", DATA_URL]).images == (str(tmp_path / "x.png"), DATA_URL)
     assert ChannelInput("a", "hi").images == ()
     with pytest.raises(ConfigError, match="must be a list of URLs or paths"):
-        ChannelInput("a", "hi", images=DATA_URL)  # type: ignore[arg-type]
+        ChannelInput("a", "hi", images=DATA_URL)  # a str is an iterable of str: refused all the same
     with pytest.raises(ConfigError, match=r"images\[0\] must be a URL or a path"):
         ChannelInput("a", "hi", images=[3])  # type: ignore[list-item]
 
