@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ import pytest
 import trio
 
 from codex_trio import ChannelInput, InvalidInput, SqliteStateStore, TurnOptions
+from codex_trio._state import StoredSubmission
+from codex_trio._turn_options import ImageInput, encode_payload
 from codex_trio.testing._mock_model import Hang, MockModelServer, RecordedRequest, Text
 from tests.real.test_runtime_real import real_runtime
 
@@ -181,7 +184,10 @@ async def test_the_steering_rule_with_options(tmp_path: Path) -> None:
         async with real_runtime(tmp_path, model, delivery_mode="steer") as (runtime, _):
             first = await runtime.submit(ChannelInput("a", "first"), options=a_options)
             await trio.to_thread.run_sync(hang.wait_started, 30)
-            same = await runtime.submit(ChannelInput("d", "same options"), options=TurnOptions(model="model-a"))
+            # an image travels on the turn/steer too
+            same = await runtime.submit(
+                ChannelInput("d", "same options", images=[DATA_URL]), options=TurnOptions(model="model-a")
+            )
             await wait_for(lambda: runtime.statistics().queued == 0 and runtime.statistics().in_flight == 2, "steer")
             await trio.to_thread.run_sync(held.wait_started, 30)
             other = await runtime.submit(ChannelInput("b", "other model"), options=TurnOptions(model="model-b"))
@@ -196,6 +202,8 @@ async def test_the_steering_rule_with_options(tmp_path: Path) -> None:
     assert one.turn_id == two.turn_id  # steered: same options
     assert three.turn_id not in (None, one.turn_id)  # its own turn
     assert four.turn_id not in (None, one.turn_id)
+    steered = request_with(model, "same options")
+    assert steered.model == "model-a" and steered.last_user_images() == [DATA_URL]
     other_request = request_with(model, "other model")
     assert other_request.model == "model-b"
     # nothing of b or c reached the model before the first turn ended
@@ -253,3 +261,31 @@ async def _wait_settled(store: SqliteStateStore, runtime_id: str) -> list[Any]:
             if not pending:
                 return pending
             await trio.sleep(0.1)
+
+
+async def test_a_dead_hosts_in_doubt_input_is_sent_again_with_its_options(tmp_path: Path) -> None:
+    """A host that died after marking an input in doubt and before sending it: the next host asks codex, which has
+    no record of it, and sends it again — with its options and image."""
+    db = tmp_path / "state.db"
+    image = tmp_path / "pixel.png"
+    image.write_bytes(PNG)
+    options = TurnOptions(model="model-in-doubt", summary="concise")
+    async with SqliteStateStore(db) as store:
+        await store.acquire("real")
+        payload = encode_payload(options, (ImageInput("local", str(image)),))
+        await store.accept(
+            "real", [StoredSubmission(1, "a", "channel", "in doubt", time.time(), options=payload)], dedup_window=8
+        )
+        await store.delivering("real", 1)
+        await store.release("real")
+    with MockModelServer() as model, trio.fail_after(120):
+        async with (
+            SqliteStateStore(db) as store,
+            real_runtime(tmp_path, model, state=store) as (runtime, _),
+        ):
+            assert await _wait_settled(store, runtime.runtime_id) == []
+            settlement = (await store.recent_settlements(runtime.runtime_id))[-1]
+            assert settlement.outcome == "completed"
+    request = request_with(model, "in doubt")
+    assert (request.model, request.reasoning_summary) == ("model-in-doubt", "concise")
+    assert len(request.last_user_images()) == 1
