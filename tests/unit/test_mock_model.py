@@ -239,6 +239,44 @@ def test_requests_are_recorded_with_body_headers_and_input_texts(model: MockMode
     assert model.last_input_texts() == ["TEAMMATE COMPLETION"]
 
 
+def test_requests_expose_the_model_reasoning_images_and_output_schema(model: MockModelServer) -> None:
+    schema = {"type": "object", "properties": {}, "additionalProperties": False}
+    image = "data:image/png;base64,AAAA"
+    post_events(
+        model,
+        {
+            "model": "gpt-x",
+            "reasoning": {"effort": "high", "summary": "detailed"},
+            "text": {
+                "format": {"type": "json_schema", "strict": True, "schema": schema, "name": "codex_output_schema"}
+            },
+            "input": [
+                {"type": "message", "role": "user", "content": [{"type": "input_image", "image_url": "data:old"}]},
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "seen"}]},
+                {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "look"}, {"type": "input_image", "image_url": image}],
+                },
+            ],
+        },
+    )
+    post_events(model, {"input": []})
+    first, second = model.wait_for_requests(2, timeout=TIMEOUT)
+    assert (first.model, first.reasoning_effort, first.reasoning_summary) == ("gpt-x", "high", "detailed")
+    assert first.output_schema == schema
+    assert first.input_images() == ["data:old", image]
+    assert first.last_user_images() == [image]
+    assert (second.model, second.reasoning, second.output_schema, second.input_images()) == (None, {}, None, [])
+    assert second.last_user_images() == []
+
+
+def test_text_json_answers_json() -> None:
+    step = Text.json({"answer": [1, 2]}, deltas=2)
+    assert json.loads(step.text) == {"answer": [1, 2]}
+    assert "".join(step.delta_chunks()) == step.text
+
+
 def test_wait_for_requests_blocks_until_they_arrive_and_times_out() -> None:
     with MockModelServer() as server:
         with pytest.raises(TimeoutError, match="got 0 request"):
