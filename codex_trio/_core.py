@@ -75,6 +75,8 @@ __all__ = [
     "CoreStatistics",
     "DeliveryMode",
     "FailSession",
+    "Hold",
+    "HoldEnded",
     "Interrupt",
     "InterruptAnswer",
     "Publish",
@@ -232,7 +234,30 @@ _InDoubtRow: TypeAlias = (
     | tuple[int, str, SubmissionKind, str, bool, TurnOptions | None, tuple[ImageInput, ...]]
 )
 
-Action: TypeAlias = Write | Answer | Send | Interrupt | InterruptAnswer | Settle | Publish | FailSession
+
+@attrs.frozen
+class Hold:
+    """Every input accepted before hold ``token`` was asked for has settled, and session ``generation`` on
+    ``thread_id`` is idle (no turn open, nothing being sent): the requester may now work on the thread (start a
+    fresh one, fork, compact). Nothing is sent until :meth:`RuntimeCore.release`."""
+
+    token: int
+    generation: int
+    thread_id: str
+    requester: Any
+
+
+@attrs.frozen
+class HoldEnded:
+    """The hold ``requester`` asked for will never be offered (the runtime stops)."""
+
+    requester: Any
+    reason: str
+
+
+Action: TypeAlias = (
+    Write | Answer | Send | Interrupt | InterruptAnswer | Settle | Publish | FailSession | Hold | HoldEnded
+)
 
 
 @attrs.frozen
@@ -244,6 +269,8 @@ class CoreStatistics:
     writing: int
     dedup_ids: int
     next_seq: int
+    #: thread operations waiting for their place in the input order, or under way (``Runtime.new_thread``, ...)
+    holds: int = 0
 
 
 # -- session state -----------------------------------------------------------------------------------------------
@@ -269,6 +296,17 @@ class _Flight:
     submission: Submission
     method: Literal["turn/start", "turn/steer"]
     target: str | None
+
+
+@attrs.define(eq=False)
+class _Barrier:
+    """A hold's place in the input order: inputs numbered up to ``after_seq`` go first, later ones wait."""
+
+    token: int
+    after_seq: int
+    requester: Any
+    #: the generation whose session it was offered in (None: not offered, or that session ended)
+    held: int | None = None
 
 
 @attrs.define(eq=False)
@@ -328,6 +366,7 @@ class RuntimeCore:
         self._session: _Session | None = None
         self._generation = 0
         self._next_token = 1
+        self._barriers: deque[_Barrier] = deque()
         self._actions: list[Action] = []
         #: something already woke the thread of the current (or, between sessions, the next) session
         self._woken = False
@@ -395,6 +434,7 @@ class RuntimeCore:
             writing=sum(len(members) for members, _ in self._writing.values()),
             dedup_ids=len(self._seen),
             next_seq=self._next_seq,
+            holds=len(self._barriers),
         )
 
     # == admission ================================================================================================
@@ -557,6 +597,9 @@ class RuntimeCore:
             return
         self._session = None
         self._woken = False
+        for barrier in self._barriers:
+            if barrier.held == generation:
+                barrier.held = None  # offered again once the next session is idle
         flight = session.sending
         if flight is not None:
             sub = flight.submission
@@ -599,6 +642,8 @@ class RuntimeCore:
             self._actions.extend(answers)
         self.stopped = True
         self._stop_queue(reason)
+        while self._barriers:
+            self._actions.append(HoldEnded(self._barriers.popleft().requester, reason))
         session, self._session = self._session, None
         if session is not None:
             if session.sending is not None:
@@ -622,10 +667,15 @@ class RuntimeCore:
     def _pump(self) -> None:
         """Send the queue's head if nothing is in flight and the turn state allows it."""
         session = self._session
-        if session is None or session.sending is not None or not self._queue or self._in_doubt:
+        if session is None or session.sending is not None or self._in_doubt:
             return
         if self.stopped or self._stop_reason is not None:
             return  # stopping (maybe waiting for a batch being written): nothing more is sent
+        if self._barriers and not (self._queue and self._queue[0].seq <= self._barriers[0].after_seq):
+            self._offer_hold(session, self._barriers[0])
+            return  # what follows a hold waits for its release
+        if not self._queue:
+            return
         target: _Turn | None = None
         if session.turns:
             if self.delivery_mode == "queue":
@@ -650,6 +700,45 @@ class RuntimeCore:
         else:
             session.sending = _Flight(token, sub, "turn/start", None)
             self._actions.append(Send(token, session.generation, "turn/start", sub, session.thread_id))
+
+    # == holds: thread operations in the input order =================================================================
+
+    def hold(self, requester: Any) -> int:
+        """Ask for the thread to be handed over once everything accepted so far has settled and no turn is open
+        (a :class:`Hold` action, offered again in the next session if this one ends first); input accepted later
+        waits until :meth:`release`. Returns the hold's token (0: the runtime stops, :class:`HoldEnded` follows)."""
+        if self.stopped or self._admission_closed:
+            self._actions.append(HoldEnded(requester, self._stop_reason or "runtime stopped"))
+            return 0
+        token = self._token()
+        # Inputs already numbered (queued, or in a batch being written) are before it; requests still waiting
+        # for a batch get later numbers, so they are after it.
+        self._barriers.append(_Barrier(token, self._next_seq - 1, requester))
+        self._pump()
+        return token
+
+    def release(self, token: int, *, thread_id: str | None = None) -> None:
+        """Hold ``token`` is done (or withdrawn). ``thread_id``: the session now works on that thread (a fresh or
+        forked one), if the hold was offered in the session that is up."""
+        barrier = next((b for b in self._barriers if b.token == token), None)
+        if barrier is None:
+            return
+        self._barriers.remove(barrier)
+        session = self._session
+        if thread_id is not None and session is not None and barrier.held == session.generation:
+            session.thread_id = thread_id
+            session.ended.clear()
+            session.early_items.clear()
+        self._pump()
+
+    def _offer_hold(self, session: _Session, barrier: _Barrier) -> None:
+        if barrier.held is not None or session.turns:
+            return  # offered already, or a turn still runs (its end pumps again)
+        for members, _ in self._writing.values():
+            if any(sub.seq <= barrier.after_seq for _, sub in members):
+                return  # an input before the hold is still being made durable
+        barrier.held = session.generation
+        self._actions.append(Hold(barrier.token, session.generation, session.thread_id, barrier.requester))
 
     def delivery_answered(
         self,

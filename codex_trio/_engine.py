@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from typing import Any, Final
 
@@ -31,6 +31,8 @@ from ._core import (
     AdmitRequest,
     Answer,
     FailSession,
+    Hold,
+    HoldEnded,
     Interrupt,
     InterruptAnswer,
     Publish,
@@ -41,14 +43,14 @@ from ._core import (
     SubmissionKind,
     Write,
 )
-from ._errors import ConnectionLost, LeaseLost, ProtocolError, RequestTimeout, RpcError
+from ._errors import ConnectionLost, LeaseLost, ProtocolError, RequestTimeout, RpcError, RuntimeStopped
 from ._events import EventHub, SubmissionSettled
 from ._jsonrpc import Notification
 from ._settlement import Settlement, TurnOutcome
 from ._state import MemoryStateStore, StateStore, StoredSettlement, StoredSubmission
 from ._turn_options import ImageInput, TurnOptions, encode_payload, sandbox_policy
 
-__all__ = ["Engine", "LiveSession"]
+__all__ = ["Engine", "LiveSession", "ThreadHold"]
 
 log = logging.getLogger("codex_trio.runtime")
 
@@ -139,6 +141,52 @@ class _InterruptRequest:
 @attrs.frozen
 class _Stop:
     pass
+
+
+class ThreadHold:
+    """A caller's turn at the thread (see :meth:`Engine.hold`): offered by the core, once or again after a
+    restart, until the caller is done with it."""
+
+    def __init__(self) -> None:
+        self.token = 0
+        self.live: LiveSession | None = None
+        self.ended: str | None = None
+        #: set by the caller when it moved the runtime to another thread: the core switches when released
+        self.switch_to: str | None = None
+        self._changed = trio.Event()
+
+    def _offer(self, live: LiveSession | None) -> None:
+        self.live = live
+        self._wake()
+
+    def _end(self, reason: str) -> None:
+        self.ended = reason
+        self._wake()
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
+
+    async def wait(self, *, after: int = 0) -> LiveSession:
+        """The live session the thread is handed over in (a generation above ``after``: after a session failed
+        under the caller, the next one). Raises :class:`RuntimeStopped` if the runtime stops first."""
+        while True:
+            if self.ended is not None:
+                raise RuntimeStopped(f"the runtime stopped before the thread was free ({self.ended})")
+            live = self.live
+            if live is not None and not live.closed and live.generation > after:
+                return live
+            await self._changed.wait()
+
+
+@attrs.frozen
+class _HoldAsk:
+    hold: ThreadHold
+
+
+@attrs.frozen
+class _HoldDone:
+    hold: ThreadHold
 
 
 @attrs.define(eq=False)
@@ -277,6 +325,22 @@ class Engine:
         await request.done.wait()
         return request.result
 
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[ThreadHold]:
+        """Take the thread, in the input order: the hold is offered (``await hold.wait()``) once everything accepted
+        before this call has settled and no turn is open; input accepted meanwhile waits until the block exits.
+        Leaving the block (however) releases it; set ``hold.switch_to`` first to move the runtime to another
+        thread."""
+        hold = ThreadHold()
+        try:
+            await self._send.send(_HoldAsk(hold))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            hold._end("runtime stopped")
+        try:
+            yield hold
+        finally:
+            await self._post(_HoldDone(hold))
+
     def session_inbox(self) -> trio.MemorySendChannel[Any]:
         """A clone of the inbox for a session's connection to route notifications into (closed with it)."""
         return self._send.clone()
@@ -396,6 +460,10 @@ class Engine:
             core.reconciled(item.resend, item.outcomes)
         elif kind is _ThreadLost:
             core.thread_lost(item.info)
+        elif kind is _HoldAsk:
+            item.hold.token = core.hold(item.hold)
+        elif kind is _HoldDone:
+            core.release(item.hold.token, thread_id=item.hold.switch_to)
         elif kind is _Stop:
             core.stop("runtime stopped")  # waits for a batch being written, if any
         else:  # pragma: no cover - a bug in a producer
@@ -440,7 +508,7 @@ class Engine:
         for action in actions:
             if type(action) is Settle:
                 self._settle(action.settlement)
-            elif type(action) in (Answer, InterruptAnswer, Publish):
+            elif type(action) in (Answer, InterruptAnswer, Publish, HoldEnded):
                 self._perform_one(action)
 
     def _perform_one(self, action: Any) -> None:
@@ -466,6 +534,12 @@ class Engine:
             request: _InterruptRequest = action.requester
             request.result = action.interrupted
             request.done.set()
+        elif kind is Hold:
+            live = self._live
+            hold: ThreadHold = action.requester
+            hold._offer(live if live is not None and live.generation == action.generation else None)
+        elif kind is HoldEnded:
+            action.requester._end(action.reason)
         elif kind is Write:
             assert self._nursery is not None
             self._nursery.start_soon(self._write, action)

@@ -30,6 +30,7 @@ __all__ = [
     "RpcError",
     "RuntimeBusy",
     "RuntimeGaveUp",
+    "RuntimeStopped",
     "ServerDraining",
     "SocketPathError",
     "StateStoreError",
@@ -243,3 +244,7 @@ class EventStreamOverflow(CodexTrioError):
             f"events) waited unread; the stream is closed. Read events faster, or raise RuntimeConfig.event_buffer"
         )
         self.capacity = capacity
+
+
+class RuntimeStopped(CodexTrioError):
+    """The runtime stopped (or is stopping) before the operation could be carried out; nothing of it was done."""

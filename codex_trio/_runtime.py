@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Final, Literal, final
+from typing import Any, Final, Literal, TypeVar, final
 
 import attrs
 import trio
@@ -41,9 +41,18 @@ from ._completions import (
 from ._config import RuntimeConfig
 from ._connection import ConnectionStatistics, ServerRequestHandler
 from ._core import CoreStatistics, RuntimeCore, SubmissionKind
-from ._engine import Engine
-from ._errors import CodexTrioError, ConfigError, ConnectionLost, RequestTimeout, RpcError
-from ._events import EventHub, EventStream, ServerRequestAnswered, ThreadLost, ThreadReady
+from ._engine import Engine, LiveSession, ThreadHold
+from ._errors import (
+    CodexTrioError,
+    ConfigError,
+    ConnectionLost,
+    InvalidInput,
+    RequestTimeout,
+    RpcError,
+    RuntimeStopped,
+)
+from ._events import EventHub, EventStream, ServerRequestAnswered, StatusChanged, ThreadLost, ThreadReady, TurnCompleted
+from ._json import JsonValue
 from ._jsonrpc import ServerRequest
 from ._launcher import Launcher, ProcessLauncher, default_base_dir
 from ._policy import RestartStatistics, RestartTracker
@@ -55,6 +64,15 @@ from ._state import LostThread, MemoryStateStore, RuntimeStatus, StateStore
 from ._supervisor import StatusBoard, Supervisor
 from ._threads import ThreadResolution
 from ._turn_options import ImageInput, TurnOptions, check_images, check_options
+from ._threads import (
+    ThreadPage,
+    ThreadResolution,
+    archive_thread,
+    compact_thread,
+    fork_thread,
+    list_threads,
+    start_thread,
+)
 from ._util import NoPublicConstructor
 
 __all__ = [
@@ -69,7 +87,15 @@ __all__ = [
 
 log = logging.getLogger("codex_trio.runtime")
 
+_T = TypeVar("_T")
+
 SystemReason = Literal["restart-notice", "teammate-completion", "runtime-control"]
+#: Methods ``Runtime.request`` refuses: the runtime's own session set-up, which a second call would break.
+_OWN_METHODS: Final = frozenset({"initialize", "initialized"})
+#: Sessions a thread operation tries before it gives up on a crash-looping app-server.
+_OPERATION_ATTEMPTS: Final = 3
+#: How often a caller waiting for a live session looks again in the moment between "ready" and the engine's view.
+_LIVE_POLL: Final = 0.005
 _SYSTEM_REASONS: Final = ("restart-notice", "teammate-completion", "runtime-control")
 
 
@@ -382,6 +408,180 @@ class Runtime(metaclass=NoPublicConstructor):
         await self.store.save_completions(self.runtime_id, self._completions.snapshot())
         return CompletionResult("accepted")
 
+    # == threads and the escape hatch ==================================================================================
+
+    async def request(
+        self, method: str, params: Mapping[str, JsonValue] | None = None, *, timeout: float | None = None
+    ) -> JsonValue:
+        """Send one JSON-RPC request the library does not wrap to the live app-server; returns codex's result.
+
+        Waits for a live session first (at most ``timeout`` seconds, which also bounds the answer; default
+        ``config.request_timeout``). Raises :class:`RpcError` (:class:`MethodNotSupported` for a method this codex
+        lacks) as codex answered, :class:`RequestTimeout`, :class:`ConnectionLost` if the session ended with the
+        request sent (it is not re-sent: it may have had effects; one that certainly never left is sent in the next
+        session), :class:`RuntimeStopped` once the runtime stops. What it does is between you and codex: a turn
+        started through it is not one of the runtime's inputs (no dedup, no settlement; its deadline still holds).
+        """
+        if not isinstance(method, str) or not method:
+            raise InvalidInput(f"method must be a non-empty str (got {method!r})", field="method")
+        if method in _OWN_METHODS:
+            raise InvalidInput(
+                f"{method!r} belongs to the runtime's session set-up; it cannot be sent again", field="method"
+            )
+        wait = self.config.request_timeout if timeout is None else timeout
+
+        async def send(live: LiveSession) -> JsonValue:
+            result: JsonValue = await live.connection.request(method, params, timeout=wait)
+            return result
+
+        return await self._on_live_session(send, timeout=wait, resend=False)
+
+    async def list_threads(
+        self,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+        archived: bool = False,
+        search: str | None = None,
+        timeout: float | None = None,
+    ) -> ThreadPage:
+        """One page of codex's threads, newest first (``archived=True``: the archived ones; ``search``: a substring
+        of the title). Read-only, so it is retried in the next session if the app-server dies under it."""
+        wait = self.config.request_timeout if timeout is None else timeout
+
+        async def ask(live: LiveSession) -> ThreadPage:
+            return await list_threads(live.connection, limit=limit, cursor=cursor, archived=archived, search=search)
+
+        return await self._on_live_session(ask, timeout=wait, resend=True)
+
+    async def archive_thread(self, thread_id: str, *, timeout: float | None = None) -> None:
+        """Archive another thread of codex's (not the runtime's own: start a :meth:`new_thread` first)."""
+        if not isinstance(thread_id, str) or not thread_id:
+            raise InvalidInput(f"thread_id must be a non-empty str (got {thread_id!r})", field="thread_id")
+        if thread_id == self._thread_id:
+            raise InvalidInput(
+                f"thread {thread_id} is the runtime's own thread; call new_thread() first, then archive it",
+                field="thread_id",
+            )
+        wait = self.config.request_timeout if timeout is None else timeout
+
+        async def archive(live: LiveSession) -> None:
+            await archive_thread(live.connection, thread_id)
+
+        await self._on_live_session(archive, timeout=wait, resend=False)
+
+    async def new_thread(self) -> str:
+        """Move the runtime to a fresh thread, in the input order: everything accepted before this call is delivered
+        (and settles) on the old thread, everything after it on the new one. Recorded like a lost thread: the store
+        keeps the move (a restart resumes the new thread), a :class:`ThreadLost` event names both threads, and the
+        next settlement carries it so its caller knows the earlier conversation is not in context. Returns the new
+        thread's id. If the app-server dies during the move, it is done in the next session."""
+
+        async def start(live: LiveSession) -> str:
+            return await start_thread(live.connection, self.config)
+
+        return await self._move_thread(start, "a new thread was started on request (Runtime.new_thread)")
+
+    async def fork_thread(self, *, switch: bool = False) -> str:
+        """Fork the runtime's thread, in the input order (the fork holds everything accepted before this call) and
+        return the fork's id. ``switch=True`` moves the runtime onto the fork, recorded as :meth:`new_thread` does;
+        otherwise the runtime stays on its thread and the fork is the application's to use."""
+
+        async def fork(live: LiveSession) -> str:
+            return await fork_thread(live.connection, self.config, self._current_thread())
+
+        if switch:
+            return await self._move_thread(fork, "the runtime moved to a fork of its thread (Runtime.fork_thread)")
+        async with self.engine.hold() as hold:
+            return await self._in_hold(hold, fork)
+
+    async def compact_thread(self) -> None:
+        """Have codex compact the thread's history (a summary replaces it in the model's context), in the input
+        order; returns once codex's compaction turn has ended. Input accepted meanwhile waits for it."""
+
+        async def compact(live: LiveSession) -> None:
+            async with self.hub.subscribe() as events:
+                await compact_thread(live.connection, self._current_thread())
+                with trio.move_on_after(self.config.turn_timeout) as scope:
+                    async for event in events:
+                        if isinstance(event, TurnCompleted):
+                            return
+                        if isinstance(event, StatusChanged) and event.status != "ready":
+                            raise ConnectionLost(f"the session ended during compaction ({event.status})")
+                if scope.cancelled_caught:
+                    raise RequestTimeout("thread/compact/start", self.config.turn_timeout, "compaction did not end")
+                raise RuntimeStopped("the runtime stopped during compaction")
+
+        async with self.engine.hold() as hold:
+            await self._in_hold(hold, compact)
+
+    def _current_thread(self) -> str:
+        thread_id = self._thread_id
+        assert thread_id is not None, "a live session always has a thread"
+        return thread_id
+
+    async def _move_thread(self, make: Callable[[LiveSession], Awaitable[str]], reason: str) -> str:
+        async with self.engine.hold() as hold:
+            old = self._current_thread()
+
+            async def made(live: LiveSession) -> tuple[str, LiveSession]:
+                return await make(live), live
+
+            new_id, live = await self._in_hold(hold, made)
+            # No await between the answer and here: a session that starts from now on resumes the new thread.
+            self._thread_id = new_id
+            hold.switch_to = new_id
+            with trio.CancelScope(shield=True):
+                await self._moved(old, new_id, reason, live.generation, ready=True)
+            return new_id
+
+    async def _in_hold(self, hold: ThreadHold, op: Callable[[LiveSession], Awaitable[_T]]) -> _T:
+        """Run ``op`` on the session the hold is offered in; if that session dies under it, again in the next."""
+        after = 0
+        for attempt in range(1, _OPERATION_ATTEMPTS + 1):
+            live = await hold.wait(after=after)
+            try:
+                result = await op(live)
+            except ConnectionLost:
+                if attempt == _OPERATION_ATTEMPTS:
+                    raise
+                after = live.generation
+                continue
+            if live.closed:  # answered, but the session ended before we could act on it: do it in the next one
+                after = live.generation
+                continue
+            return result
+        raise ConnectionLost(f"the app-server session ended {_OPERATION_ATTEMPTS} times during the operation")
+
+    async def _on_live_session(self, op: Callable[[LiveSession], Awaitable[_T]], *, timeout: float, resend: bool) -> _T:
+        """Run ``op`` on the live session, waiting up to ``timeout`` for one. ``resend``: the operation is safe to
+        repeat, so it is run again in the next session if this one dies under it (else only if it never left)."""
+        for attempt in range(1, _OPERATION_ATTEMPTS + 1):
+            live = await self._live(timeout)
+            try:
+                return await op(live)
+            except ConnectionLost as exc:
+                if attempt == _OPERATION_ATTEMPTS or not (resend or exc.request_sent is False):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _live(self, timeout: float) -> LiveSession:
+        if self._stopping:
+            raise RuntimeStopped("the runtime is stopping")
+        with trio.move_on_after(timeout):
+            while True:
+                status = await self.wait_status("ready", "stopping", "stopped", "failed")
+                if status != "ready":
+                    raise RuntimeStopped(f"the runtime is {status}")
+                live = self.engine.live
+                if live is not None and self.status == "ready":
+                    return live
+                # "ready", but the engine has not taken the session yet, or it has just ended: look again shortly
+                await trio.sleep(_LIVE_POLL)
+        raise RequestTimeout(
+            "(waiting for a live session)", timeout, f"no app-server session was ready within {timeout:g}s"
+        )
+
     # == what the session and the engine report ======================================================================
 
     async def thread_resolved(self, resolution: ThreadResolution, generation: int) -> None:
@@ -389,16 +589,21 @@ class Runtime(metaclass=NoPublicConstructor):
         new_id = resolution.thread_id
         if resolution.lost_thread_id is not None:
             reason = resolution.lost_reason or "thread/resume failed"
-            await self.store.record_lost_thread(
-                self.runtime_id, LostThread(resolution.lost_thread_id, new_id, reason, time.time())
-            )
-            lost = ThreadLost(resolution.lost_thread_id, new_id, reason, generation)
-            await self.engine.thread_lost(lost)
-            self.hub.publish(lost)
+            await self._moved(resolution.lost_thread_id, new_id, reason, generation, ready=False)
         elif not resolution.resumed:
             await self.store.set_thread_id(self.runtime_id, new_id)
         self._thread_id = new_id
         self.hub.publish(ThreadReady(new_id, resolution.resumed, generation))
+
+    async def _moved(self, old: str, new: str, reason: str, generation: int, *, ready: bool) -> None:
+        """The runtime left thread ``old`` for ``new``: the store, the next settlement and the subscribers learn it
+        (``ready``: the session is already on the new thread, so say so; a starting session says it itself)."""
+        await self.store.record_lost_thread(self.runtime_id, LostThread(old, new, reason, time.time()))
+        lost = ThreadLost(old, new, reason, generation)
+        await self.engine.thread_lost(lost)
+        self.hub.publish(lost)
+        if ready:
+            self.hub.publish(ThreadReady(new, False, generation))
 
     async def session_ready(self, generation: int) -> None:
         self.tracker.session_ready(trio.current_time())
