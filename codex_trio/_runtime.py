@@ -556,16 +556,19 @@ class Runtime(metaclass=NoPublicConstructor):
     async def _on_live_session(self, op: Callable[[LiveSession], Awaitable[_T]], *, timeout: float, resend: bool) -> _T:
         """Run ``op`` on the live session, waiting up to ``timeout`` for one. ``resend``: the operation is safe to
         repeat, so it is run again in the next session if this one dies under it (else only if it never left)."""
+        after = 0
         for attempt in range(1, _OPERATION_ATTEMPTS + 1):
-            live = await self._live(timeout)
+            live = await self._live(timeout, after=after)
             try:
                 return await op(live)
             except ConnectionLost as exc:
                 if attempt == _OPERATION_ATTEMPTS or not (resend or exc.request_sent is False):
                     raise
+                after = live.generation  # this session is ending: the next one
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _live(self, timeout: float) -> LiveSession:
+    async def _live(self, timeout: float, *, after: int = 0) -> LiveSession:
+        """The live session (of a generation above ``after``), waiting up to ``timeout`` for one."""
         if self._stopping:
             raise RuntimeStopped("the runtime is stopping")
         with trio.move_on_after(timeout):
@@ -574,7 +577,7 @@ class Runtime(metaclass=NoPublicConstructor):
                 if status != "ready":
                     raise RuntimeStopped(f"the runtime is {status}")
                 live = self.engine.live
-                if live is not None and self.status == "ready":
+                if live is not None and live.generation > after and self.status == "ready":
                     return live
                 # "ready", but the engine has not taken the session yet, or it has just ended: look again shortly
                 await trio.sleep(_LIVE_POLL)

@@ -41,6 +41,10 @@ _KNOWN_METHODS = (
     "skills/extraRoots/set",
     "thread/name/set",
     "thread/turns/list",
+    "thread/fork",
+    "thread/list",
+    "thread/archive",
+    "thread/compact/start",
 )
 
 
@@ -95,6 +99,10 @@ class _Thread:
     injected: list[dict[str, Any]] = attrs.field(factory=list)
     #: every user message as codex records it the moment it accepts it: {"turnId", "clientId", "text"}
     user_messages: list[dict[str, Any]] = attrs.field(factory=list)
+    name: str | None = None
+    archived: bool = False
+    forked_from: str | None = None
+    created_at: int = attrs.field(factory=lambda: int(time.time()))
 
 
 @attrs.define(eq=False)
@@ -152,6 +160,7 @@ class FakeAppServer:
         self.connections: list[_FakeConnection] = []
         self.active_turns: dict[str, _ActiveTurn] = {}
         self.turns_started = 0
+        self.compactions = 0
         self.connection_count = 0
         self._state_path = state_path
         self._max_message_size = max_message_size
@@ -429,7 +438,7 @@ class FakeAppServer:
             if message["turnId"] not in order:
                 order.append(message["turnId"])
         done = {t["id"]: t for t in thread.turns}
-        data = []
+        data: list[dict[str, Any]] = []
         for turn_id in reversed(order):
             items = [
                 {
@@ -469,8 +478,74 @@ class FakeAppServer:
         return {}
 
     async def _m_thread_name_set(self, conn: _FakeConnection, params: dict[str, Any]) -> dict[str, Any]:
-        self._thread(params)
+        thread = self._thread(params)
+        name = params.get("name")
+        thread.name = name if isinstance(name, str) else None
         return {}
+
+    async def _m_thread_fork(self, conn: _FakeConnection, params: dict[str, Any]) -> dict[str, Any]:
+        source = self._thread(params)
+        thread = _Thread(
+            str(uuid.uuid4()),
+            [dict(turn) for turn in source.turns],
+            user_messages=[dict(m) for m in source.user_messages],
+            forked_from=source.id,
+        )
+        self.threads[thread.id] = thread
+        self._save_state()
+        return self._thread_payload(thread)
+
+    async def _m_thread_list(self, conn: _FakeConnection, params: dict[str, Any]) -> dict[str, Any]:
+        archived = bool(params.get("archived"))
+        threads = sorted(self.threads.values(), key=lambda t: t.created_at, reverse=True)
+        data: list[dict[str, Any]] = []
+        for thread in threads:
+            if thread.archived != archived:
+                continue
+            first = thread.user_messages[0]["text"] if thread.user_messages else ""
+            data.append(
+                {
+                    "id": thread.id,
+                    "name": thread.name,
+                    "preview": first,
+                    "createdAt": thread.created_at,
+                    "updatedAt": thread.created_at,
+                    "cwd": "/",
+                    "forkedFromId": thread.forked_from,
+                    "status": {"type": "idle"},
+                    "turns": [],
+                }
+            )
+        return {"data": data, "nextCursor": None}
+
+    async def _m_thread_archive(self, conn: _FakeConnection, params: dict[str, Any]) -> dict[str, Any]:
+        thread = self._thread(params)
+        if thread.archived:
+            raise FakeRpcError(f"thread {thread.id} is already archived")
+        thread.archived = True
+        return {}
+
+    async def _m_thread_compact_start(self, conn: _FakeConnection, params: dict[str, Any]) -> dict[str, Any]:
+        thread = self._thread(params)
+        if thread.id in self.active_turns:
+            raise FakeRpcError("a turn is already active on this thread")
+        self.compactions += 1
+        conn.nursery.start_soon(self._compact, conn, thread)
+        return {}
+
+    async def _compact(self, conn: _FakeConnection, thread: _Thread) -> None:
+        # codex compacts in a turn of its own: turn/started, a contextCompaction item, turn/completed
+        turn_id = str(uuid.uuid4())
+        item = {"type": "contextCompaction", "id": str(uuid.uuid4())}
+        try:
+            await conn.notify(
+                "turn/started", {"threadId": thread.id, "turn": {"id": turn_id, "status": "inProgress", "items": []}}
+            )
+            await conn.notify("item/completed", {"threadId": thread.id, "turnId": turn_id, "item": item})
+            record = {"id": turn_id, "items": [item], "itemsView": "summary", "status": "completed", "error": None}
+            await conn.notify("turn/completed", {"threadId": thread.id, "turn": record})
+        except ConnectionLost:
+            pass
 
     async def _m_skills_extraRoots_set(self, conn: _FakeConnection, params: dict[str, Any]) -> dict[str, Any]:
         roots = params.get("extraRoots")

@@ -134,8 +134,9 @@ async def test_request_escape_hatch(tmp_path: Path, short_socket_dir: Path, code
         home = write_codex_home(tmp_path / "home", model.url)
         async with codex_trio.open_runtime(config(tmp_path, short_socket_dir, codex_bin, home)) as runtime:
             result = await runtime.request("thread/read", {"threadId": runtime.thread_id})
-            assert isinstance(result, dict) and isinstance(result.get("thread"), dict)
-            assert result["thread"].get("id") == runtime.thread_id
+            assert isinstance(result, dict)
+            thread = result.get("thread")
+            assert isinstance(thread, dict) and thread.get("id") == runtime.thread_id
             with pytest.raises(MethodNotSupported):
                 await runtime.request("no/such/method", {})
             with pytest.raises(RpcError):

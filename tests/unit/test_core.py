@@ -65,6 +65,8 @@ from codex_trio._core import (
     CoreStatistics,
     DeliveryMode,
     FailSession,
+    Hold,
+    HoldEnded,
     Interrupt,
     InterruptAnswer,
     Publish,
@@ -322,6 +324,16 @@ class Flight:
 
 
 @attrs.define(eq=False)
+class ModelHold:
+    """A thread operation's hold (``Runtime.new_thread`` and the like): inputs numbered up to ``after`` go first."""
+
+    after: int
+    token: int = 0
+    #: the generation it was offered in (None: not offered, or that session ended)
+    offered_gen: int | None = None
+
+
+@attrs.define(eq=False)
 class Requester:
     """A caller of ``interrupt()``."""
 
@@ -393,6 +405,8 @@ class CoreMachine(RuleBasedStateMachine):
         self.requesters: list[Requester] = []
         self.requester: Requester | None = None  # the caller of the interrupt() being fed
         self.unanswered_interrupts: list[Requester] = []
+        self.holds: list[ModelHold] = []
+        self.moves = 0
         # -- stop
         self.stop_requested = False
         self.stopped = False
@@ -634,6 +648,9 @@ class CoreMachine(RuleBasedStateMachine):
             self.stale_tokens.append(self.flight.send.token)
         self.unanswered_interrupts = [r for _, r in self.interrupts.values() if r is not None]
         self.interrupts = {}
+        for hold in self.holds:
+            if hold.offered_gen == self.gen:
+                hold.offered_gen = None  # offered again once the next session is idle
 
     # -- feeding the core --------------------------------------------------------------------------------------------
 
@@ -691,6 +708,9 @@ class CoreMachine(RuleBasedStateMachine):
         assert (send.generation, send.thread_id) == (self.gen, self.thread)
         assert self.queue and seq == self.queue[0], f"sent {seq}, but the queue's head is {self.queue[:1]}"
         assert send.submission is self.subs[seq] and send.submission.state == "sending"
+        if self.holds:
+            assert seq <= self.holds[0].after, f"sent {seq}, which was accepted after a pending hold"
+            assert self.holds[0].offered_gen is None, "sent while a thread operation holds the thread"
         if seq not in self.sent and seq not in self.resent_in_doubt:
             assert seq > self.max_first_sent, "sent out of acceptance order"
             self.max_first_sent = seq
@@ -726,6 +746,24 @@ class CoreMachine(RuleBasedStateMachine):
             self.delivering.add(seq)  # the engine marks it in doubt before it sends it
         if self.eager_codex:
             self.codex_takes_input()  # codex acts on it at once; its answer comes when the rules say
+
+    def on_Hold(self, hold: Hold) -> None:
+        mh = hold.requester
+        assert self.holds and mh is self.holds[0], "a hold offered out of order"
+        assert mh.offered_gen is None, "a hold offered twice in one session"
+        assert not self.stop_requested and self.thread is not None
+        assert (hold.generation, hold.thread_id, hold.token) == (self.gen, self.thread, mh.token)
+        assert not [seq for seq in self.queue if seq <= mh.after], "a hold offered before the input accepted first"
+        if self.batch is not None:
+            assert not [mr for mr in self.batch.members if mr.seq is not None and mr.seq <= mh.after]
+        assert self.flight is None and not self.in_doubt
+        session = self.core._session
+        assert session is not None and not session.turns, "a hold offered while a turn is open"
+        mh.offered_gen = self.gen
+
+    def on_HoldEnded(self, ended: HoldEnded) -> None:
+        assert self.stop_requested, "a hold ended while the runtime runs"
+        self.holds.remove(ended.requester)
 
     def on_Interrupt(self, interrupt: Interrupt) -> None:
         assert self.thread is not None and not self.stopped
@@ -897,6 +935,38 @@ class CoreMachine(RuleBasedStateMachine):
         else:
             self.core.write_failed(batch, OSError("disk full"))
         self.model_written(ok=ok)
+        self.process()
+
+    # -- rules: thread operations -------------------------------------------------------------------------------------
+
+    @precondition(lambda self: len(self.holds) < 2)
+    @rule()
+    def ask_hold(self) -> None:
+        """A thread operation (new thread, fork, compaction) asks for its place in the input order."""
+        mh = ModelHold(after=self.next_seq - 1)
+        self.holds.append(mh)
+        mh.token = self.core.hold(mh)
+        self.process()
+        if self.stop_requested:
+            assert mh not in self.holds, "a hold asked for while stopping was not ended"
+
+    @precondition(lambda self: bool(self.holds))
+    @rule(data=st.data(), switch=st.booleans())
+    def release_hold(self, data: st.DataObject, switch: bool) -> None:
+        """The operation is done (or its caller was cancelled, offered or not): what waited behind it goes on. One
+        that moved the runtime to another thread switches the session to it (codex then talks about that one)."""
+        mh = data.draw(st.sampled_from(self.holds))
+        self.holds.remove(mh)
+        new_thread = None
+        settled_turns = all(t.terminal_sent for t in self.codex_turns.values())
+        if switch and mh.offered_gen == self.gen and self.thread is not None and settled_turns:
+            self.moves += 1
+            new_thread = f"{self.thread}-moved-{self.moves}"
+        self.core.release(mh.token, thread_id=new_thread)
+        if new_thread is not None:
+            self.thread = new_thread
+            self.codex_turns = {}
+            self.ended_turns = OrderedDict()  # the old thread's turns are no longer news
         self.process()
 
     # -- rules: sessions ---------------------------------------------------------------------------------------------
@@ -1318,9 +1388,24 @@ class CoreMachine(RuleBasedStateMachine):
             assert sending is not None and sending.token == self.flight.send.token
 
     @invariant()
+    def holds_never_wait_for_nothing(self) -> None:
+        session = self.core._session
+        if not self.holds or session is None or self.stop_requested or session.sending or self.in_doubt:
+            return
+        first = self.holds[0]
+        if [seq for seq in self.queue if seq <= first.after] or first.offered_gen == self.gen:
+            return
+        writing_before = self.batch is not None and any(
+            mr.seq is not None and mr.seq <= first.after for mr in self.batch.members
+        )
+        assert session.turns or writing_before, "wedged: a hold waits for nothing"
+
+    @invariant()
     def queued_input_never_waits_for_nothing(self) -> None:
         core = self.core
         session = core._session
+        if self.holds and not [seq for seq in self.queue if seq <= self.holds[0].after]:
+            return  # what is queued waits behind a hold (checked above)
         if session is None or self.stop_requested or session.sending or not core.queued() or core.in_doubt():
             return
         turns = list(session.turns.values())
@@ -1389,6 +1474,7 @@ class CoreMachine(RuleBasedStateMachine):
         assert all(len(r.answers) == 1 for r in self.requesters)
         stats = self.core.statistics()
         assert (stats.queued, stats.in_flight, stats.waiting_requests, stats.writing) == (0, 0, 0, 0)
+        assert not self.holds and stats.holds == 0, "a thread operation still waits after the stop"
 
 
 #: CI (``CI=true``, as CI services set it) runs the machine about eight times longer; here it takes seconds.
