@@ -15,7 +15,10 @@ The invariants, checked against what the fake actually accepted and what the sto
 * a source id is accepted at most once; a submit that raised Cancelled left no trace (its text never reached
   codex or the store, and if no attempt of that id was accepted, the id is still free afterwards);
 * codex receives inputs in acceptance order, each at most once; ``completed`` only for what codex received;
-* after stop no RPC is sent, and every accepted input is either settled in the store or still pending there.
+* after stop no RPC is sent, and every accepted input is either settled in the store or still pending there;
+* thread operations (``new_thread``, run by the chaos task beside the submitters, some cancelled) keep their place:
+  in acceptance order, inputs go to the threads in the order the moves made them, never back to an older one, and
+  never to a thread the runtime did not move to; a move that raised left the runtime where it was.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from codex_trio._admission import Admission
 from codex_trio._config import DeliveryMode, RuntimeConfig
+from codex_trio._errors import ConnectionLost, RuntimeStopped
 from codex_trio._events import SubmissionSettled
 from codex_trio._policy import RestartPolicy
 from codex_trio._render import ChannelInput
@@ -62,14 +66,23 @@ class Recording(FakeAppServer):
         super().__init__(**kwargs)
         self.accepted: list[dict[str, Any]] = []
         self.answer_delay = 0.0
+        self.runtime: Runtime | None = None
+        #: (the thread an input went to, the runtime's thread at that moment) where they differ
+        self.elsewhere: list[tuple[str, str | None]] = []
+
+    def _check_thread(self, params: dict[str, Any]) -> None:
+        if self.runtime is not None and params["threadId"] != self.runtime.thread_id:
+            self.elsewhere.append((params["threadId"], self.runtime.thread_id))
 
     async def _m_turn_start(self, conn: Any, params: dict[str, Any]) -> dict[str, Any]:
+        self._check_thread(params)
         result = await super()._m_turn_start(conn, params)
         self.accepted.append(params)
         await trio.sleep(self.answer_delay)
         return result
 
     async def _m_turn_steer(self, conn: Any, params: dict[str, Any]) -> dict[str, Any]:
+        self._check_thread(params)
         result = await super()._m_turn_steer(conn, params)
         self.accepted.append(params)
         await trio.sleep(self.answer_delay)
@@ -109,6 +122,8 @@ chaos_op = st.tuples(
             "notice",
             "lag",
             "unlag",
+            "move",
+            "move-cancelled",
             "stop",
         ]
     ),
@@ -129,6 +144,9 @@ class World:
     launcher: FakeLauncher
     attempts: list[Attempt] = attrs.field(factory=list)
     stopped_early: bool = False
+    nursery: trio.Nursery | None = None
+    #: the runtime's threads in the order it moved to them (the first one it started on first)
+    threads: list[str] = attrs.field(factory=list)
 
 
 async def _cancel_after(scope: trio.CancelScope, steps: int) -> None:
@@ -148,6 +166,19 @@ async def run_submitter(world: World, plan: list[tuple[str, int | None, float]],
                 attempt.admission = await world.rt.submit(ChannelInput(source_id, attempt.text))
             nursery.cancel_scope.cancel()
         await trio.sleep(pause)
+
+
+async def run_move(world: World, cancel_after: int | None) -> None:
+    with trio.CancelScope() as scope:
+        if cancel_after is not None:
+            assert world.nursery is not None
+            world.nursery.start_soon(_cancel_after, scope, cancel_after)
+        try:
+            world.threads.append(await world.rt.new_thread())
+        except (RuntimeStopped, ConnectionLost):
+            pass
+    if scope.cancelled_caught or len(world.threads) == 0 or world.threads[-1] != world.rt.thread_id:
+        assert world.rt.thread_id in world.threads, "a move that did not finish left the runtime elsewhere"
 
 
 async def run_chaos(world: World, plan: list[tuple[float, str]]) -> None:
@@ -187,6 +218,9 @@ async def run_chaos(world: World, plan: list[tuple[float, str]]) -> None:
             fake.answer_delay = 0.2
         elif action == "unlag":
             fake.answer_delay = 0.0
+        elif action in ("move", "move-cancelled"):
+            assert world.nursery is not None
+            world.nursery.start_soon(run_move, world, 3 if action == "move-cancelled" else None)
         elif action == "stop":
             world.stopped_early = True
             await rt.aclose()
@@ -228,8 +262,12 @@ async def run_program(
     with trio.fail_after(100_000):
         async with open_runtime(cfg, launcher=launcher, state=store) as rt:
             world = World(rt, fake, launcher)
+            fake.runtime = rt
+            assert rt.thread_id is not None
+            world.threads.append(rt.thread_id)
             events = rt.events()
             async with trio.open_nursery() as nursery:
+                world.nursery = nursery
                 for plan in submitters:
                     nursery.start_soon(run_submitter, world, plan, numbers)
                 nursery.start_soon(run_chaos, world, chaos)
@@ -290,6 +328,16 @@ def check_invariants(world: World, seen: list[Any], snapshot: Any, stored_settle
     for t in channel:
         attempt = by_text[t]
         assert attempt.admission is not None and attempt.admission.accepted, f"{t} reached codex, never accepted"
+
+    # Threads: every input went to the thread the runtime was on when it was sent, and in acceptance order, inputs
+    # go to the runtime's threads in the order it moved to them.
+    assert not fake.elsewhere, f"inputs went to a thread the runtime had left: {fake.elsewhere}"
+    where = [
+        world.threads.index(str(params["threadId"]))
+        for params in fake.accepted
+        if params["input"][0]["text"] in by_text
+    ]
+    assert where == sorted(where), f"an input went back to an older thread: {where}"
 
     # A cancelled submit left no trace: not at codex, not in the store.
     stored_texts = {p.text for p in snapshot.pending}
