@@ -78,6 +78,7 @@ from ._state import (
     StateStore as StateStore,
     open_state_store as open_state_store,
 )
+from ._threads import ThreadInfo as ThreadInfo, ThreadPage as ThreadPage
 from ._turn_options import (
     AskForApproval as AskForApproval,
     ReasoningEffort as ReasoningEffort,
@@ -155,7 +156,9 @@ __all__ = [
     "StateStoreError",
     "StatusChanged",
     "SubmissionSettled",
+    "ThreadInfo",
     "ThreadLost",
+    "ThreadPage",
     "ThreadReady",
     "TransportError",
     "TurnCompleted",

@@ -42,6 +42,9 @@ Rules the Hypothesis machine in ``tests/unit/test_core.py`` holds it to:
   there is no such turn to interrupt. codex may report a turn's end before it answers the request that started
   it, or before it answers a ``turn/steer`` into it: ended turns are remembered (bounded) for that.
 * **One restart notice per session**, skipped once anything else has woken the thread.
+* **A hold keeps its place.** A thread operation's hold (:meth:`RuntimeCore.hold`) is offered only once every
+  input numbered before it has been sent and settled its turn, nothing is in flight and no turn is open; nothing
+  numbered after it is sent until it is released; a session that ends under it offers it again in the next one.
 """
 
 from __future__ import annotations
