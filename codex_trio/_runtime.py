@@ -62,8 +62,6 @@ from ._session import describe
 from ._settlement import Settlement
 from ._state import LostThread, MemoryStateStore, RuntimeStatus, StateStore
 from ._supervisor import StatusBoard, Supervisor
-from ._threads import ThreadResolution
-from ._turn_options import ImageInput, TurnOptions, check_images, check_options
 from ._threads import (
     ThreadPage,
     ThreadResolution,
@@ -73,6 +71,7 @@ from ._threads import (
     list_threads,
     start_thread,
 )
+from ._turn_options import ImageInput, TurnOptions, check_images, check_options
 from ._util import NoPublicConstructor
 
 __all__ = [
