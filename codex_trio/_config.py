@@ -200,6 +200,14 @@ def _v_abs_path(*, optional: bool) -> Any:
 _v_optional_abs_path = _v_abs_path(optional=True)
 
 
+def _v_cwd(owner: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    # codex runs every turn there: a missing directory is a typo to report now, not one to create silently.
+    _v_optional_abs_path(owner, attribute, value)
+    if isinstance(value, Path) and not value.is_dir():
+        what = "is not a directory" if value.exists() else "does not exist"
+        raise _fail(owner, attribute.name, f"={str(value)!r} {what}; create it first or pass an existing directory", value)
+
+
 def _v_optional_text(owner: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not isinstance(value, str):
         raise _bad_type(owner, attribute.name, "a string or None", value)
@@ -289,6 +297,21 @@ def _v_int_at_least(minimum: int, note: str = "") -> Any:
             raise _fail(owner, attribute.name, f"={_show(value)} must be an int >= {minimum}{note}", value)
 
     return check
+
+
+def _v_optional_int_at_least(minimum: int, note: str = "") -> Any:
+    check_int = _v_int_at_least(minimum, note)
+
+    def check(owner: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None:
+            check_int(owner, attribute, value)
+
+    return check
+
+
+def _v_optional_positive(owner: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        _positive(owner, attribute, value)
 
 
 def _v_restart(owner: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -386,7 +409,7 @@ class RuntimeConfig:
     """
 
     runtime_id: str = attrs.field(default="default", validator=_v_runtime_id)
-    cwd: Path | None = attrs.field(default=None, converter=_to_path, validator=_v_optional_abs_path)
+    cwd: Path | None = attrs.field(default=None, converter=_to_path, validator=_v_cwd)
     codex_bin: str | None = attrs.field(default=None, validator=_v_codex_bin)
     codex_home: Path | None = attrs.field(default=None, converter=_to_path, validator=_v_optional_abs_path)
     base_instructions: str | None = attrs.field(default=None, validator=_v_optional_text)
@@ -410,6 +433,14 @@ class RuntimeConfig:
     request_timeout: float = attrs.field(default=60.0, converter=_to_float, validator=_positive)
     turn_timeout: float = attrs.field(default=600.0, converter=_to_float, validator=_positive)
     ready_timeout: float = attrs.field(default=10.0, converter=_to_float, validator=_positive)
+    #: Give up on a turn whose model codex cannot reach: at codex's ``model_retry_limit``-th retry notice
+    #: ("Reconnecting... 3/5", "Reconnecting... waiting for network"), or ``model_retry_timeout`` seconds after
+    #: the first of at least two, with no progress in the turn between them. The turn's inputs settle ``failed``
+    #: with codex's words and the turn is interrupted. ``None`` turns a bound off (``turn_timeout`` still holds).
+    #: Without network codex 0.171 retries forever, first after ~3 s, then ever further apart (8 s, 13 s, 23 s);
+    #: against HTTP 500s it retries 5 times (~20 s) before it gives up itself: the defaults end both in ~10-25 s.
+    model_retry_limit: int | None = attrs.field(default=3, validator=_v_optional_int_at_least(1, " or None"))
+    model_retry_timeout: float | None = attrs.field(default=20.0, converter=_to_float, validator=_v_optional_positive)
     grace_period: float = attrs.field(default=1.0, converter=_to_float, validator=_non_negative)
     approval_timeout: float = attrs.field(default=60.0, converter=_to_float, validator=_positive)
     restart: RestartPolicy = attrs.field(factory=RestartPolicy, validator=_v_restart)

@@ -37,6 +37,11 @@ Rules the Hypothesis machine in ``tests/unit/test_core.py`` holds it to:
 * **Exactly once.** An accepted input settles once; a second settlement is a bug (``AssertionError``).
 * **Every open turn has a deadline**, whoever started it. Past it, its inputs settle ``failed`` and the turn is
   interrupted; a turn that codex does not end within ``interrupt_timeout`` of the interrupt ends the session.
+* **A turn gives up on an unreachable model.** codex retries the model by itself (``error`` with ``willRetry:
+  true``) and, without network, never stops ("Reconnecting... waiting for network", ever further apart). After
+  ``model_retry_limit`` retry notices, or ``model_retry_timeout`` seconds after the first of at least two, with no
+  sign of progress in the turn meanwhile, its inputs settle ``failed`` with codex's last words and the turn is
+  interrupted, as at the deadline. One retry notice alone never gives up before its deadline.
 * **Only our thread counts.** A notification that names another ``threadId`` is ignored.
 * **A turn ends once**: by ``turn/completed``, by a fatal ``error`` (``willRetry: false``), or by codex saying
   there is no such turn to interrupt. codex may report a turn's end before it answers the request that started
@@ -291,6 +296,12 @@ class _Turn:
     override: TurnOutcome | None = None
     #: the options of the input that started it (None: none, or a turn we did not start)
     options: TurnOptions | None = None
+    #: codex's retry notices since the turn last made progress, the first one's time and the last one's words
+    retries: int = 0
+    retrying_since: float = 0.0
+    retry_message: str = ""
+    #: when the retry timeout gives up on the model (``inf``: not armed)
+    give_up_at: float = float("inf")
 
 
 @attrs.define(eq=False)
@@ -334,6 +345,8 @@ class RuntimeCore:
         dedup_window: int = 1024,
         turn_timeout: float = 600.0,
         interrupt_timeout: float = 60.0,
+        model_retry_limit: int | None = None,
+        model_retry_timeout: float | None = None,
         next_seq: int = 1,
         seen: Iterable[str] = (),
         pending: Iterable[_PendingRow] = (),
@@ -345,6 +358,9 @@ class RuntimeCore:
         self.dedup_window = dedup_window
         self.turn_timeout = turn_timeout
         self.interrupt_timeout = interrupt_timeout
+        #: give up on a turn whose model codex cannot reach (None: never, the deadline still applies)
+        self.model_retry_limit = model_retry_limit
+        self.model_retry_timeout = model_retry_timeout
         self._seen: OrderedDict[str, None] = OrderedDict()
         for source_id in seen:
             self._remember(source_id)
@@ -390,7 +406,7 @@ class RuntimeCore:
         session = self._session
         if session is None or not session.turns:
             return float("inf")
-        return min(turn.deadline for turn in session.turns.values())
+        return min(min(turn.deadline, turn.give_up_at) for turn in session.turns.values())
 
     @property
     def generation(self) -> int:
@@ -840,12 +856,15 @@ class RuntimeCore:
         self._pump()
 
     def tick(self, now: float) -> None:
-        """Time passed: open turns past their deadline are failed and interrupted; a turn that outlived its
-        interrupt ends the session."""
+        """Time passed: open turns past their deadline, or past their retry timeout, are failed and interrupted; a
+        turn that outlived its interrupt ends the session."""
         session = self._session
         if session is None:
             return
         for turn in list(session.turns.values()):
+            if turn.give_up_at <= now and not turn.interrupting:
+                self._give_up_on_model(session, turn, now, f"model_retry_timeout={self.model_retry_timeout:g}")
+                continue
             if turn.deadline > now:
                 continue
             if turn.interrupting:
@@ -858,12 +877,53 @@ class RuntimeCore:
                 turn.deadline = float("inf")  # reported once; the session ends
                 continue
             message = f"turn {turn.id} exceeded its {self.turn_timeout:g}s deadline and was interrupted"
-            turn.override = TurnOutcome("failed", turn.id, error=message)
-            for sub in turn.inputs:
-                self._settle(sub, turn.override, persist=True)
-            turn.inputs.clear()
-            turn.deadline = now + self.interrupt_timeout
-            self._interrupt(session, turn, None)
+            self._fail_and_interrupt(session, turn, now, message)
+
+    def _fail_and_interrupt(self, session: _Session, turn: _Turn, now: float, message: str) -> None:
+        """Settle the turn's inputs ``failed`` now, then interrupt it (its end, later, changes nothing for them)."""
+        turn.override = TurnOutcome("failed", turn.id, error=message)
+        for sub in turn.inputs:
+            self._settle(sub, turn.override, persist=True)
+        turn.inputs.clear()
+        turn.deadline = now + self.interrupt_timeout
+        turn.give_up_at = float("inf")
+        self._interrupt(session, turn, None)
+
+    def _retrying(self, session: _Session, turn_id: str | None, message: str, now: float) -> None:
+        """codex retries the model for ``turn_id``: count the notice; give up past ``model_retry_limit``, arm the
+        ``model_retry_timeout`` from the second notice on (one transient retry is normal)."""
+        if turn_id is None and session.turns:
+            turn_id = next(reversed(session.turns))
+        turn = session.turns.get(turn_id or "")
+        if turn is None or turn.interrupting:
+            return
+        if turn.retries == 0:
+            turn.retrying_since = now
+        turn.retries += 1
+        turn.retry_message = message
+        limit, timeout = self.model_retry_limit, self.model_retry_timeout
+        if limit is not None and turn.retries >= limit:
+            self._give_up_on_model(session, turn, now, f"model_retry_limit={limit}")
+        elif timeout is not None and turn.retries >= 2:
+            turn.give_up_at = turn.retrying_since + timeout
+            if turn.give_up_at <= now:
+                self._give_up_on_model(session, turn, now, f"model_retry_timeout={timeout:g}")
+
+    def _give_up_on_model(self, session: _Session, turn: _Turn, now: float, bound: str) -> None:
+        elapsed = now - turn.retrying_since
+        message = (
+            f"{turn.retry_message} (codex could not reach the model: {turn.retries} retry notice(s) over "
+            f"{elapsed:.0f}s; gave up at RuntimeConfig.{bound} and interrupted the turn)"
+        )
+        self._fail_and_interrupt(session, turn, now, message)
+
+    def _progressed(self, session: _Session, params: dict[str, Any]) -> None:
+        """Anything but an error about a retrying turn means codex reached the model again: the count restarts."""
+        turn_id = params.get("turnId")
+        turn = session.turns.get(turn_id) if isinstance(turn_id, str) else None
+        if turn is not None and turn.retries and not turn.interrupting:
+            turn.retries = 0
+            turn.give_up_at = float("inf")
 
     # == notifications ============================================================================================
 
@@ -875,6 +935,8 @@ class RuntimeCore:
         thread_id = params.get("threadId")
         if thread_id is not None and thread_id != session.thread_id:
             return  # another thread's: none of our turns
+        if method != "error":
+            self._progressed(session, params)
         handler = self._handlers.get(method)
         if handler is not None:
             handler(self, session, params, now)
@@ -958,6 +1020,7 @@ class RuntimeCore:
             match = _ATTEMPT.search(message)
             attempt, of = (int(match.group(1)), int(match.group(2))) if match else (None, None)
             self._publish(CodexRetrying(parsed.turn_id, message, attempt, of, session.generation))
+            self._retrying(session, parsed.turn_id, message, now)
             return
         turn_id = parsed.turn_id
         if turn_id is None and session.turns:

@@ -1920,6 +1920,104 @@ def test_a_retried_error_is_published_with_its_attempt_and_changes_nothing(
     assert d.core.open_turns() == ["t1"] and a.state == "sent"
 
 
+def retry(d: Driver, at: float, message: str = "Reconnecting... waiting for network", turn_id: str | None = "t1") -> list[Action]:
+    d.now = at
+    return d.notify("error", error_params(message, turn_id=turn_id, will_retry=True))
+
+
+def test_the_retry_limit_fails_the_turn_with_codex_words_and_interrupts_it() -> None:
+    d = Driver(model_retry_limit=3)
+    a = d.running("a", "t1")
+    assert settled(retry(d, 3.0, "Reconnecting... 1/5")) == []
+    assert settled(retry(d, 6.0, "Reconnecting... 2/5")) == []
+    actions = retry(d, 10.0, "Reconnecting... 3/5")
+    (settlement,) = settled(actions)
+    assert (settlement.seq, settlement.outcome, settlement.turn_id) == (a.seq, "failed", "t1")
+    assert settlement.error is not None and settlement.error.startswith("Reconnecting... 3/5 (codex could not reach")
+    assert "3 retry notice(s) over 7s" in settlement.error and "model_retry_limit=3" in settlement.error
+    assert of(actions, Settle)[0].persist
+    interrupt = one(actions, Interrupt)
+    assert interrupt.turn_id == "t1" and d.core.next_deadline() == 10.0 + INTERRUPT_TIMEOUT
+    assert retry(d, 12.0, "Reconnecting... 4/5") == [Publish(CodexRetrying("t1", "Reconnecting... 4/5", 4, 5, 1))]
+    d.interrupt_answered(interrupt, accepted=True)
+    actions = d.completed("t1", "interrupted")
+    assert settled(actions) == []  # settled once, by the give-up
+    assert published(actions, TurnCompleted) == [TurnCompleted("t1", "failed", None, settlement.error, 1)]
+
+
+def test_the_retry_timeout_is_armed_by_the_second_notice_and_fires_on_the_tick() -> None:
+    d = Driver(model_retry_timeout=20.0)
+    a = d.running("a", "t1")
+    retry(d, 3.0)
+    assert d.core.next_deadline() == TURN_TIMEOUT  # one notice: a transient retry, nothing armed
+    retry(d, 11.0)
+    assert d.core.next_deadline() == 23.0  # 20 s after the first notice
+    assert d.tick(22.9) == []
+    actions = d.tick(23.0)
+    (settlement,) = settled(actions)
+    assert (settlement.seq, settlement.outcome) == (a.seq, "failed")
+    assert settlement.error == (
+        "Reconnecting... waiting for network (codex could not reach the model: 2 retry notice(s) over 20s; gave up "
+        "at RuntimeConfig.model_retry_timeout=20 and interrupted the turn)"
+    )
+    assert one(actions, Interrupt).turn_id == "t1"
+    assert d.tick(24.0) == []  # given up once
+
+
+def test_a_notice_past_the_retry_timeout_gives_up_at_once() -> None:
+    d = Driver(model_retry_timeout=5.0)
+    d.running("a", "t1")
+    retry(d, 1.0)
+    actions = retry(d, 30.0)  # the engine ticked late, or codex's notices are far apart
+    assert [s.outcome for s in settled(actions)] == ["failed"] and one(actions, Interrupt).turn_id == "t1"
+
+
+def test_a_single_transient_retry_never_gives_up_before_the_deadline() -> None:
+    d = Driver(model_retry_limit=2, model_retry_timeout=1.0)
+    d.running("a", "t1")
+    retry(d, 1.0, "Reconnecting... 1/5")
+    assert d.core.next_deadline() == TURN_TIMEOUT
+    assert d.tick(TURN_TIMEOUT - 1) == []
+
+
+def test_progress_in_the_turn_restarts_the_retry_count_and_disarms_the_timeout() -> None:
+    d = Driver(model_retry_limit=3, model_retry_timeout=20.0)
+    d.running("a", "t1")
+    retry(d, 1.0)
+    retry(d, 2.0)
+    assert d.core.next_deadline() == 21.0
+    d.notify("item/started", item_params("t1", {"type": "reasoning", "id": "r1"}))  # the model answered again
+    assert d.core.next_deadline() == TURN_TIMEOUT
+    retry(d, 40.0)
+    assert settled(retry(d, 41.0)) == []
+    d.notify("item/started", item_params("other-turn", {"type": "reasoning", "id": "r2"}))  # not this turn's
+    # a fatal error of another turn is no progress of this one
+    d.notify("error", error_params("gone", will_retry=False, turn_id="t0"))
+    (settlement,) = settled(retry(d, 42.0))
+    assert settlement.error is not None and "3 retry notice(s) over 2s" in settlement.error
+
+
+def test_a_retry_notice_without_a_turn_id_counts_for_the_newest_turn() -> None:
+    d = Driver(model_retry_limit=2)
+    d.up()
+    d.started("t0")
+    a = d.running("a", "t1")
+    retry(d, 1.0, turn_id=None)
+    (settlement,) = settled(retry(d, 2.0, turn_id=None))
+    assert settlement.seq == a.seq and d.core.open_turns() == ["t0", "t1"]
+    assert retry(d, 3.0, turn_id=None) == [
+        Publish(CodexRetrying(None, "Reconnecting... waiting for network", None, None, 1))
+    ]  # given up once: later notices are only published
+
+
+def test_without_bounds_the_core_only_publishes_retries() -> None:
+    d = Driver()
+    a = d.running("a", "t1")
+    for n in range(1, 50):
+        assert of(retry(d, float(n)), Publish)
+    assert d.core.next_deadline() == TURN_TIMEOUT and a.state == "sent"
+
+
 def test_warnings_and_deltas_are_published() -> None:
     d = Driver()
     d.up()
