@@ -29,6 +29,7 @@ def codex_bin() -> str | None:
 def real_config(tmp: Path, home: Path, runtime_id: str, **extra: Any) -> RuntimeConfig:
     bin_ = codex_bin()
     assert bin_ is not None
+    (tmp / "work").mkdir(parents=True, exist_ok=True)
     return RuntimeConfig(
         runtime_id=runtime_id,
         codex_bin=bin_,

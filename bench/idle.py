@@ -77,6 +77,7 @@ async def _runtimes(n: int, seconds: float) -> dict[str, Any]:
 
         async def one(i: int) -> None:
             nonlocal ready
+            (tmp / "work").mkdir(parents=True, exist_ok=True)
             config = RuntimeConfig(
                 runtime_id=f"idle-{i}",
                 codex_bin=str(shim),

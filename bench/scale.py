@@ -39,6 +39,7 @@ async def scale_bench(runtimes: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ctb-scale-", dir="/tmp") as d:
         tmp = Path(d)
         shim = _shim(tmp)
+        (tmp / "work").mkdir(parents=True, exist_ok=True)
         configs = [
             RuntimeConfig(
                 runtime_id=f"scale-{i}",

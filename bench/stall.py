@@ -283,6 +283,7 @@ async def stall_bench(cycles: int) -> dict[str, Any]:
             extra = {"codex_bin": real, "codex_home": write_codex_home(tmp / "home", model.url)}
         else:
             extra = {"codex_bin": _fake_shim(tmp)}
+        (tmp / "work").mkdir(parents=True, exist_ok=True)
         config = RuntimeConfig(
             runtime_id="stall",
             cwd=tmp / "work",
@@ -421,6 +422,7 @@ async def stop_bench(stops: int) -> dict[str, Any]:
         return {"skipped": "needs the real codex (CODEX_TRIO_CODEX_BIN)"}
     with tempfile.TemporaryDirectory(prefix="ctb-stop-", dir="/tmp") as d, MockModelServer() as model:
         tmp = Path(d)
+        (tmp / "work").mkdir(parents=True, exist_ok=True)
         config = RuntimeConfig(
             runtime_id="stop",
             codex_bin=real,

@@ -165,6 +165,7 @@ class _Demo:
         started = trio.current_time()
         await self.header()
         (self.base / "state").mkdir(mode=0o700)
+        (self.base / "work").mkdir()
         config = RuntimeConfig(
             runtime_id="demo",
             cwd=self.base / "work",

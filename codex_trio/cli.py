@@ -520,6 +520,7 @@ def _offline_model() -> Iterator[tuple[MockModelServer, Path]]:
     try:
         with MockModelServer(default=_offline_reply) as model:
             write_codex_home(base / "home", model.url)
+            (base / "work").mkdir()
             yield model, base
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -18,6 +18,7 @@ async def main(workdir: Path, codex_bin: str) -> list[str]:
     printed: list[str] = []
     with MockModelServer() as model:
         model.enqueue(Text("Hi! I am the agent.", deltas=5))
+        (workdir / "work").mkdir(parents=True, exist_ok=True)
         config = codex_trio.RuntimeConfig(
             runtime_id="embedded",
             codex_bin=codex_bin,

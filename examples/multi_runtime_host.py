@@ -27,6 +27,7 @@ async def main(workdir: Path, codex_bin: str) -> dict[str, str]:
         store = codex_trio.SqliteStateStore(workdir / "host.db")
         async with trio.open_nursery() as nursery:
             for name in ("alpha", "beta", "gamma"):
+                (workdir / name).mkdir(parents=True, exist_ok=True)
                 config = codex_trio.RuntimeConfig(
                     runtime_id=name,
                     codex_bin=codex_bin,

@@ -171,6 +171,7 @@ def cleanup_groups() -> Iterator[list[int]]:
 
 
 def make_config(short_dir: Path, tmp_path: Path, codex_bin: Path, env: dict[str, str], **kw: Any) -> RuntimeConfig:
+    (tmp_path / "work").mkdir(parents=True, exist_ok=True)
     return RuntimeConfig(
         runtime_id="lt",
         codex_bin=str(codex_bin),

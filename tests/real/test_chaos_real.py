@@ -249,6 +249,8 @@ async def test_chaos_on_the_real_binary(codex_bin: str, tmp_path: Path, short_so
     started = time.monotonic()
     hosts: list[Host] = []
     with MockModelServer(default=model_default(seed)) as model, trio.fail_after(150):
+        for i in range(RUNTIMES):
+            (tmp_path / f"work{i}").mkdir()
         configs = [
             RuntimeConfig(
                 runtime_id=f"chaos{i}",

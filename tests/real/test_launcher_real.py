@@ -65,6 +65,7 @@ def sockets(short_dir: Path) -> Iterator[list[Path]]:
 
 
 def config(short_dir: Path, tmp_path: Path, codex_bin: str, home: Path, runtime_id: str = "lr") -> RuntimeConfig:
+    (tmp_path / "work").mkdir(parents=True, exist_ok=True)
     return RuntimeConfig(
         runtime_id=runtime_id,
         codex_bin=codex_bin,

@@ -746,6 +746,7 @@ async def test_fifty_runtimes_open_at_once_with_the_default_configuration(
     turns = trio.CapacityLimiter(4)
 
     async def one(i: int) -> None:
+        (tmp_path / f"work{i}").mkdir(parents=True, exist_ok=True)
         cfg = RuntimeConfig(
             runtime_id=f"many{i}",
             codex_bin=env.codex_bin,

@@ -42,6 +42,7 @@ async def real_runtime(
 ) -> AsyncIterator[tuple[Runtime, ProcessLauncher]]:
     home = write_codex_home(tmp_path / "home", model.url)
     with short_dir() as sockets:
+        (tmp_path / "work").mkdir(parents=True, exist_ok=True)
         cfg = RuntimeConfig(
             runtime_id="real",
             codex_bin=require_codex_bin(),

@@ -82,6 +82,7 @@ class _CodexSideFiles:
 
 
 def _config(tmp_path: Path, codex_bin: str, model: MockModelServer, socket_dir: Path) -> RuntimeConfig:
+    (tmp_path / "work").mkdir(parents=True, exist_ok=True)
     return RuntimeConfig(
         runtime_id="supervision",
         codex_bin=codex_bin,
@@ -248,6 +249,7 @@ async def test_codex_that_exits_at_once_is_app_server_exited(tmp_path: Path, cod
     (A config.toml that does not parse is *not* fatal for codex 0.169: it logs "Invalid configuration; using
     defaults" and serves. So the fatal value is the way to make the real binary exit at once.)"""
     with MockModelServer() as model:
+        (tmp_path / "work").mkdir(parents=True, exist_ok=True)
         cfg = RuntimeConfig(
             runtime_id="exits",
             codex_bin=codex_bin,

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.real_codex
 
 
 def config(tmp_path: Path, socket_dir: Path, codex_bin: str, home: Path, **extra: object) -> RuntimeConfig:
+    (tmp_path / "work").mkdir(parents=True, exist_ok=True)
     return RuntimeConfig(
         runtime_id="i5",
         codex_bin=codex_bin,

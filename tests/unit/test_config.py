@@ -65,10 +65,45 @@ def test_lists_become_tuples_and_mappings_become_read_only_copies() -> None:
         config.extra_env["B"] = "2"  # type: ignore[index]
 
 
-def test_path_fields_accept_strings_and_pathlikes() -> None:
-    config = RuntimeConfig(cwd="/srv/agent", socket_dir=PurePosixPath("/run/x"))
-    assert config.cwd == Path("/srv/agent")
+def test_path_fields_accept_strings_and_pathlikes(tmp_path: Path) -> None:
+    config = RuntimeConfig(cwd=str(tmp_path), socket_dir=PurePosixPath("/run/x"))
+    assert config.cwd == tmp_path
     assert config.socket_dir == Path("/run/x")
+
+
+def test_a_cwd_that_does_not_exist_or_is_a_file_is_refused_naming_the_field_and_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir"
+    with pytest.raises(ConfigError, match=r"RuntimeConfig\.cwd='.*/no-such-dir' does not exist; create it") as info:
+        RuntimeConfig(cwd=missing)
+    assert (info.value.field, info.value.value) == ("cwd", missing)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"RuntimeConfig\.cwd='.*/file' is not a directory"):
+        RuntimeConfig(cwd=tmp_path / "file")
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"model_retry_limit": 0}, "model_retry_limit"),
+        ({"model_retry_limit": 1.5}, "model_retry_limit"),
+        ({"model_retry_limit": True}, "model_retry_limit"),
+        ({"model_retry_timeout": 0}, "model_retry_timeout"),
+        ({"model_retry_timeout": float("inf")}, "model_retry_timeout"),
+        ({"model_retry_timeout": "20"}, "model_retry_timeout"),
+    ],
+)
+def test_model_retry_bounds_are_validated(fields: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RuntimeConfig(**fields)  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+def test_model_retry_bounds_default_to_giving_up_within_half_a_minute_and_can_be_turned_off() -> None:
+    config = RuntimeConfig()
+    assert (config.model_retry_limit, config.model_retry_timeout) == (3, 20.0)
+    off = RuntimeConfig(model_retry_limit=None, model_retry_timeout=None)
+    assert (off.model_retry_limit, off.model_retry_timeout) == (None, None)
+    assert RuntimeConfig(model_retry_timeout=5).model_retry_timeout == 5.0
 
 
 def test_int_timeouts_become_floats_and_zero_grace_is_allowed() -> None:
