@@ -37,8 +37,6 @@ from ._config import RuntimeConfig
 from ._errors import BinaryNotFound, CodexTrioError
 from ._events import AgentMessageDelta, Event, Restarting, StatusChanged, SubmissionSettled
 from ._launcher import ProcessLauncher
-from ._paths import resolve_codex_bin
-from ._pins import PINNED_CODEX_VERSION
 from ._policy import RestartPolicy
 from ._render import ChannelInput
 from ._runtime import Runtime, open_runtime
@@ -53,6 +51,7 @@ from .cli import (
     LiveView,
     Progress,
     StoppedBySignal,
+    cli_codex_bin,
     format_duration,
     short_temp_root,
 )
@@ -384,13 +383,9 @@ async def run_demo(codex_bin: str, out: Console) -> DemoReport:
 def run_demo_command(args: argparse.Namespace, out: Console, err: Console) -> int:
     """``codex-trio demo``: exit 0 when every step showed what it should, 1 otherwise."""
     try:
-        codex_bin = resolve_codex_bin(args.codex_bin)
+        codex_bin = cli_codex_bin(args.codex_bin)
     except BinaryNotFound as exc:
         err.line(f"codex-trio demo: error: {exc}", "red")
-        err.line(
-            f"codex-trio demo: `./dev demo` installs codex {PINNED_CODEX_VERSION} into .codex-npm "
-            "and runs this demo with it"
-        )
         return EXIT_FAILED
 
     async def stoppable() -> None:

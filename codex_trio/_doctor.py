@@ -13,10 +13,12 @@ for a provider that needs it, an unusable socket directory); a *warning* works b
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -25,11 +27,12 @@ import attrs
 import trio
 
 from ._config import RuntimeConfig, child_env
-from ._errors import BinaryNotFound, SocketPathError
+from ._errors import BINARY_HINT, BinaryNotFound, SocketPathError
 from ._paths import allocate_socket_path, default_socket_dir, plan_owner_only_dir, resolve_codex_bin
 
 __all__ = [
     "MIN_CODEX_VERSION",
+    "MODEL_CONNECT_TIMEOUT",
     "DoctorReport",
     "Finding",
     "Severity",
@@ -48,6 +51,14 @@ Severity = Literal["error", "warning", "info"]
 MIN_CODEX_VERSION: tuple[int, int, int] = (0, 161, 0)
 #: How long ``codex --version`` may take; the 294 MB native binary starts in well under a second.
 VERSION_TIMEOUT = 15.0
+
+#: How long the model provider's host may take to accept a TCP connection (DNS included) before it counts as
+#: unreachable: long enough for a slow network, short enough that a user without one learns it at once.
+MODEL_CONNECT_TIMEOUT = 5.0
+#: codex 0.171's base URLs of its built-in providers (``openai`` with an API key or a ChatGPT login, local ones).
+_OPENAI_API_URL = "https://api.openai.com/v1"
+_CHATGPT_URL = "https://chatgpt.com/backend-api/codex"
+_LOCAL_PROVIDER_URLS = {"ollama": "http://localhost:11434/v1", "lmstudio": "http://localhost:1234/v1"}
 
 _AUTH_ENV_VARS = ("OPENAI_API_KEY", "CODEX_API_KEY", "CODEX_ACCESS_TOKEN")
 #: Built-in codex providers that talk to a local server and need no credentials.
@@ -135,11 +146,23 @@ def parse_codex_version(raw: str) -> tuple[int, int, int] | None:
         return None
 
 
-async def doctor(config: RuntimeConfig, env: Mapping[str, str] | None = None) -> DoctorReport:
+async def doctor(
+    config: RuntimeConfig,
+    env: Mapping[str, str] | None = None,
+    *,
+    check_model: bool = False,
+    project_dir: Path | None = None,
+    codex_bin_as: str = "configured codex_bin",
+    binary_hint: str = BINARY_HINT,
+) -> DoctorReport:
     """Check that a runtime with ``config`` can start here; problems are findings, never raised.
 
     ``env`` is the environment to check against (default ``os.environ``); it is the base of the child's
-    environment, as in :func:`~codex_trio._config.child_env`.
+    environment, as in :func:`~codex_trio._config.child_env`. ``check_model`` also checks that the configured
+    model provider's host accepts a connection (within :data:`MODEL_CONNECT_TIMEOUT`), through the proxy the
+    environment names if any: without it, codex starts and then retries the model for ever. ``project_dir``,
+    ``codex_bin_as`` and ``binary_hint`` are passed to :func:`~codex_trio._paths.resolve_codex_bin` (the CLI looks
+    for the project's ``.codex-npm`` install and words its messages for a CLI user).
     """
     base = os.environ if env is None else env
     effective = child_env(config, base)
@@ -148,15 +171,19 @@ async def doctor(config: RuntimeConfig, env: Mapping[str, str] | None = None) ->
     version: tuple[int, int, int] | None = None
     try:
         # Resolved against the caller's environment, as the runtime does before it spawns the child.
-        bin_path = resolve_codex_bin(config.codex_bin, base)
+        bin_path = resolve_codex_bin(
+            config.codex_bin, base, project_dir=project_dir, configured_as=codex_bin_as, hint=binary_hint
+        )
     except BinaryNotFound as exc:
         findings.append(_error("codex binary", str(exc)))
     else:
         findings.append(_passed("codex binary", bin_path))
         version_finding, version = await _check_version(bin_path, effective)
         findings.append(version_finding)
-    home, fs_findings = await trio.to_thread.run_sync(_filesystem_checks, config, effective)
+    home, fs_findings, model_url = await trio.to_thread.run_sync(_filesystem_checks, config, effective)
     findings += fs_findings
+    if check_model:
+        findings.append(await _check_model_reachable(model_url, effective))
     return DoctorReport(tuple(findings), codex_bin=bin_path, codex_version=version, codex_home=home)
 
 
@@ -199,7 +226,9 @@ async def _check_version(bin_path: str, env: Mapping[str, str]) -> tuple[Finding
 # --- file system checks (run in a worker thread: they stat and read files) ----------------------------------
 
 
-def _filesystem_checks(config: RuntimeConfig, env: Mapping[str, str]) -> tuple[Path, list[Finding]]:
+def _filesystem_checks(
+    config: RuntimeConfig, env: Mapping[str, str]
+) -> tuple[Path, list[Finding], tuple[str, str | None]]:
     findings: list[Finding] = []
     home, explicit = _codex_home(env)
     findings.append(_check_home(home, explicit))
@@ -207,7 +236,98 @@ def _filesystem_checks(config: RuntimeConfig, env: Mapping[str, str]) -> tuple[P
     findings.append(toml_finding)
     findings.append(_check_auth(home, parsed, env))
     findings += _check_socket_dir(config)
-    return home, findings
+    return home, findings, _model_url(home, parsed, env)
+
+
+def _model_url(home: Path, parsed: dict[str, Any] | None, env: Mapping[str, str]) -> tuple[str, str | None]:
+    """(the model provider's name, its base URL or None when codex's own default is not known here)."""
+    config = parsed or {}
+    provider = config.get("model_provider") if isinstance(config.get("model_provider"), str) else "openai"
+    assert isinstance(provider, str)
+    providers = config.get("model_providers")
+    custom = providers.get(provider) if isinstance(providers, dict) else None
+    if isinstance(custom, dict):
+        url = custom.get("base_url")
+        return provider, url if isinstance(url, str) and url.strip() else None
+    if provider in _LOCAL_PROVIDER_URLS:
+        return provider, _LOCAL_PROVIDER_URLS[provider]
+    if provider != "openai":
+        return provider, None
+    configured = config.get("openai_base_url")
+    if isinstance(configured, str) and configured.strip():
+        return provider, configured
+    if env.get("OPENAI_BASE_URL", "").strip():
+        return provider, env["OPENAI_BASE_URL"].strip()
+    return provider, _CHATGPT_URL if _chatgpt_login(home) else _OPENAI_API_URL
+
+
+def _chatgpt_login(home: Path) -> bool:
+    """auth.json holds a ChatGPT login (tokens, no API key): codex then talks to chatgpt.com, not the API."""
+    try:
+        auth = json.loads((home / "auth.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(auth, dict) and bool(auth.get("tokens")) and not auth.get("OPENAI_API_KEY")
+
+
+async def _check_model_reachable(model: tuple[str, str | None], env: Mapping[str, str]) -> Finding:
+    name = "model provider"
+    provider, url = model
+    if url is None:
+        return _passed(name, f"model provider {provider!r}: base URL unknown here, not checked")
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        port = None
+    if parts.hostname is None or port is None or parts.scheme not in ("http", "https"):
+        return _error(name, f"model provider {provider!r} has base_url {url!r}, which is not an http(s) URL")
+    host, via = parts.hostname, ""
+    proxy = _proxy_for(parts, env)
+    if proxy is not None:
+        proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        try:
+            host, port = proxy_parts.hostname or host, proxy_parts.port or 80
+        except ValueError:
+            return _error(name, f"the proxy {proxy!r} for {url} is not a valid URL")
+        via = f" through the proxy {host}:{port}"
+    why = "timed out"
+    with trio.move_on_after(MODEL_CONNECT_TIMEOUT):
+        try:
+            stream = await trio.open_tcp_stream(host, port)
+        except OSError as exc:
+            why = _connect_error(exc)
+        else:
+            await stream.aclose()
+            return _passed(name, f"model provider {provider!r} at {url} accepts connections{via}")
+    return _error(
+        name,
+        f"cannot reach model provider {provider!r} at {url}{via}: {why} (codex would retry it for ever); "
+        f"check the network, or the provider's base_url in config.toml",
+    )
+
+
+def _connect_error(exc: OSError) -> str:
+    """The reason behind trio's "all attempts to connect ... failed" (the first attempt's), else the error's."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        first = cause.exceptions[0]
+        if isinstance(first, OSError):
+            exc = first
+    if exc.errno and exc.errno > 0:  # a getaddrinfo error has a negative one and its own strerror
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _proxy_for(parts: urllib.parse.SplitResult, env: Mapping[str, str]) -> str | None:
+    """The proxy codex (reqwest) would use for this URL, read from ``env`` as curl reads it."""
+    lowered = {key.lower(): value for key, value in env.items() if key.lower().endswith("_proxy") and value}
+    host = parts.hostname or ""
+    for entry in lowered.get("no_proxy", "").split(","):
+        entry = entry.strip().lstrip(".").lower()
+        if entry == "*" or (entry and (host == entry or host.endswith("." + entry))):
+            return None
+    return lowered.get(f"{parts.scheme}_proxy") or lowered.get("all_proxy")
 
 
 def _codex_home(env: Mapping[str, str]) -> tuple[Path, bool]:

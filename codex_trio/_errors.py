@@ -137,17 +137,21 @@ class ProcessError(CodexTrioError):
     """Starting or supervising the ``codex app-server`` child failed."""
 
 
-class BinaryNotFound(ProcessError):
-    """No runnable codex binary was found; the message lists every place that was tried."""
+#: What a library user does about a missing codex binary (the CLI says the same in its own words).
+BINARY_HINT = (
+    f"Install it with `npm install @openai/codex@{PINNED_CODEX_VERSION}`, set RuntimeConfig.codex_bin, "
+    f"or set CODEX_TRIO_CODEX_BIN"
+)
 
-    def __init__(self, tried: Sequence[str], detail: str = "") -> None:
+
+class BinaryNotFound(ProcessError):
+    """No runnable codex binary was found; the message lists every place that was tried, then ``hint``."""
+
+    def __init__(self, tried: Sequence[str], detail: str = "", *, hint: str = BINARY_HINT) -> None:
         lines = "; ".join(tried)
-        super().__init__(
-            f"no runnable codex binary found (tried: {lines}){': ' + detail if detail else ''}. "
-            f"Install it with `npm install @openai/codex@{PINNED_CODEX_VERSION}`, set RuntimeConfig.codex_bin, "
-            f"or set CODEX_TRIO_CODEX_BIN"
-        )
+        super().__init__(f"no runnable codex binary found (tried: {lines}){': ' + detail if detail else ''}. {hint}")
         self.tried = list(tried)
+        self.detail = detail
 
 
 class AppServerExited(ProcessError):

@@ -31,10 +31,12 @@ import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
 
-from ._errors import BinaryNotFound, SocketPathError
+from ._errors import BINARY_HINT, BinaryNotFound, SocketPathError
 
 __all__ = [
+    "PROJECT_CODEX_GLOBS",
     "SOCKET_PATH_BUDGET",
     "SUN_PATH_MAX",
     "allocate_socket_path",
@@ -43,6 +45,7 @@ __all__ = [
     "path_bytes",
     "plan_owner_only_dir",
     "private_dir_name",
+    "project_codex_bins",
     "resolve_codex_bin",
     "sanitize_id",
 ]
@@ -324,30 +327,63 @@ def _check(label: str, value: str, search_path: str) -> tuple[str | None, str]:
     return os.path.abspath(value), ""
 
 
-def resolve_codex_bin(configured: str | None, env: Mapping[str, str] = os.environ) -> str:
+#: Where ``npm install @openai/codex`` (``./dev setup``) puts the native binary under ``.codex-npm``: the
+#: platform package may sit at the top level or be nested. The same globs as ``./dev``'s ``codex_bin()``.
+PROJECT_CODEX_GLOBS: Final = (
+    "node_modules/@openai/codex-*/vendor/*/bin/codex",
+    "node_modules/@openai/codex/node_modules/@openai/codex-*/vendor/*/bin/codex",
+)
+
+
+def project_codex_bins(start: Path) -> list[Path]:
+    """The codex binaries ``./dev setup`` installed into ``.codex-npm`` of ``start`` or its nearest parent that has
+    one (the native binary: one process, no Node wrapper), executable or not; empty when there is none."""
+    for directory in (start, *start.parents):
+        npm_dir = directory / ".codex-npm"
+        if npm_dir.is_dir():
+            return [path for pattern in PROJECT_CODEX_GLOBS for path in sorted(npm_dir.glob(pattern))]
+    return []
+
+
+def resolve_codex_bin(
+    configured: str | None,
+    env: Mapping[str, str] = os.environ,
+    *,
+    project_dir: Path | None = None,
+    configured_as: str = "configured codex_bin",
+    hint: str = BINARY_HINT,
+) -> str:
     """The codex binary to run, as an absolute path.
 
-    Precedence: ``configured``, else ``$CODEX_TRIO_CODEX_BIN``, else ``codex`` on ``PATH``. The first one
-    that is *set* is the only one used: an explicit choice that does not work is an error, never a silent
-    fallback to some other codex of a possibly different version. Raises :class:`BinaryNotFound` listing
-    what was tried and why.
+    Precedence: ``configured``, else ``$CODEX_TRIO_CODEX_BIN``, else (with ``project_dir``, as the CLI does) the
+    ``.codex-npm`` install of that directory or a parent, else ``codex`` on ``PATH``. The first one that is *set*
+    is the only one used: an explicit choice that does not work is an error, never a silent fallback to some
+    other codex of a possibly different version. Raises :class:`BinaryNotFound` listing what was tried and why,
+    then ``hint`` (``configured_as`` names the explicit choice in that list, e.g. ``--codex-bin``).
     """
     search_path = env.get("PATH", os.defpath)
     tried: list[str] = []
     if configured is not None and configured.strip():
-        found, why = _check("configured codex_bin", configured.strip(), search_path)
+        found, why = _check(configured_as, configured.strip(), search_path)
         if found is not None:
             return found
-        raise BinaryNotFound([why])
-    tried.append("codex_bin: not configured")
+        raise BinaryNotFound([why], hint=hint)
+    tried.append(f"{configured_as}: not given")
     from_env = env.get(_ENV_BIN, "").strip()
     if from_env:
         found, why = _check(f"${_ENV_BIN}", from_env, search_path)
         if found is not None:
             return found
-        raise BinaryNotFound([*tried, why])
+        raise BinaryNotFound([*tried, why], hint=hint)
     tried.append(f"${_ENV_BIN}: not set")
+    if project_dir is not None:
+        candidates = project_codex_bins(project_dir)
+        for candidate in candidates:
+            if _why_not_runnable(str(candidate)) is None:
+                return str(candidate.absolute())
+        where = f"{candidates[0]}: {_why_not_runnable(str(candidates[0]))}" if candidates else "none found"
+        tried.append(f".codex-npm in {project_dir} or a parent: {where}")
     found, why = _check("default", "codex", search_path)
     if found is not None:
         return found
-    raise BinaryNotFound([*tried, why])
+    raise BinaryNotFound([*tried, why], hint=hint)

@@ -35,7 +35,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import attrs
 import trio
@@ -57,13 +57,18 @@ from ._events import (
     TurnCompleted,
 )
 from ._launcher import default_base_dir
+from ._paths import resolve_codex_bin
+from ._pins import PINNED_CODEX_VERSION
 from ._render import ChannelInput
 from ._runtime import Runtime, open_runtime
 from ._settlement import Settlement
 from ._signals import stop_on_signals
 from ._state import MemoryStateStore, RuntimeRecord, Snapshot, SqliteStateStore, StateStore, StoredSettlement
 from ._util import collapse_exception_groups
-from .testing._mock_model import MockModelServer, Step, Text, write_codex_home
+
+if TYPE_CHECKING:
+    from ._doctor import DoctorReport
+    from .testing._mock_model import MockModelServer, Step
 
 __all__ = ["Console", "LiveView", "Progress", "build_parser", "default_db_path", "main"]
 
@@ -76,10 +81,25 @@ PROG: Final = "codex-trio"
 #: How often a long wait (spawn, restart backoff) prints a "still waiting" line.
 PROGRESS_INTERVAL: Final = 3.0
 OFFLINE_NOTE: Final = "the bundled scripted model (canned replies; it does not read your message)"
+#: What a CLI user does about a missing codex (the library's own hint names RuntimeConfig.codex_bin instead).
+CODEX_BIN_HINT: Final = (
+    f"Pass --codex-bin PATH or set CODEX_TRIO_CODEX_BIN=PATH to use a codex you have. To install codex "
+    f"{PINNED_CODEX_VERSION}: `npm install @openai/codex@{PINNED_CODEX_VERSION}` (then --codex-bin "
+    f"node_modules/.bin/codex), or `./dev setup` in a codex_trio checkout (found there in .codex-npm, also from "
+    f"a subdirectory)"
+)
 
 
 class UsageError(Exception):
     """A bad argument found after argparse accepted the command line: exit status 2, like argparse's own."""
+
+
+class PreflightFailed(Exception):
+    """``send``/``chat`` found, before starting codex, that no turn could succeed: exit status 1."""
+
+    def __init__(self, report: DoctorReport) -> None:
+        super().__init__("preflight failed")
+        self.report = report
 
 
 class StoppedBySignal(Exception):
@@ -351,7 +371,17 @@ def _add_codex_bin(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--codex-bin",
         metavar="PATH",
-        help="the codex binary (default: $CODEX_TRIO_CODEX_BIN, else `codex` on PATH)",
+        help="the codex binary (default: $CODEX_TRIO_CODEX_BIN, else the one `./dev setup` installed in "
+        ".codex-npm of this directory or a parent, else `codex` on PATH)",
+    )
+
+
+def _add_no_preflight(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help="start without checking first that codex runs, that you are logged in and that the model provider "
+        "is reachable (for setups those checks misjudge)",
     )
 
 
@@ -359,12 +389,13 @@ def _add_json(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--json", action="store_true", help=f"print {what} as JSON")
 
 
-def _add_db(p: argparse.ArgumentParser) -> None:
+def _add_db(p: argparse.ArgumentParser, *, offline: bool = True) -> None:
+    offline_note = "; with --offline: none, state is in memory" if offline else ""
     p.add_argument(
         "--db",
         metavar="PATH",
         type=Path,
-        help=f"the SQLite state database (default: {default_db_path()}; with --offline: none, state is in memory)",
+        help=f"the SQLite state database (default: {default_db_path()}{offline_note})",
     )
 
 
@@ -429,7 +460,8 @@ def build_parser() -> _Parser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Not required here: main() reports a missing command itself, after naming any flag it does not know.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser(
         "demo",
@@ -448,7 +480,7 @@ def build_parser() -> _Parser:
         metavar="ID",
         help="dedup key: a message whose id was already accepted is not sent again (default: a fresh id)",
     )
-    for add in (_add_offline, _add_db, _add_codex_bin, _add_cwd, _add_ready_timeout, _add_verbose):
+    for add in (_add_offline, _add_db, _add_codex_bin, _add_no_preflight, _add_cwd, _add_ready_timeout, _add_verbose):
         add(send)
     _add_runtime_id(send, "cli")
     _add_json(send, "the result")
@@ -458,7 +490,7 @@ def build_parser() -> _Parser:
         help="interactive session: type messages, watch replies stream in",
         description="Interactive session. Each line read from stdin is one message; EOF or /quit ends it.",
     )
-    for add in (_add_offline, _add_db, _add_codex_bin, _add_cwd, _add_ready_timeout, _add_verbose):
+    for add in (_add_offline, _add_db, _add_codex_bin, _add_no_preflight, _add_cwd, _add_ready_timeout, _add_verbose):
         add(chat)
     _add_runtime_id(chat, "cli")
     _add_json(chat, "results and notices (one object a line)")
@@ -466,7 +498,7 @@ def build_parser() -> _Parser:
     status = sub.add_parser(
         "status", help="list runtimes and their state from the database", description="List runtimes."
     )
-    _add_db(status)
+    _add_db(status, offline=False)
     _add_runtime_id(status, None)
     _add_json(status, "the runtimes")
 
@@ -510,12 +542,16 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _offline_reply(n: int) -> Step:
+    from .testing._mock_model import Text
+
     return Text(f"Offline reply #{n} from the bundled scripted model, through the real codex app-server.")
 
 
 @contextmanager
 def _offline_model() -> Iterator[tuple[MockModelServer, Path]]:
     """The mock model plus a throw-away directory holding its ``CODEX_HOME``; both gone afterwards."""
+    from .testing._mock_model import MockModelServer, write_codex_home  # the testing kit only when asked for
+
     base = Path(tempfile.mkdtemp(prefix="codex-trio-", dir=short_temp_root()))
     try:
         with MockModelServer(default=_offline_reply) as model:
@@ -567,6 +603,7 @@ async def _cli_runtime(args: argparse.Namespace, notices: Console, nursery: trio
                 ready_timeout=args.ready_timeout,
             )
             state = _open_store(db or default_db_path())
+        config = attrs.evolve(config, codex_bin=await _preflight(args, config, notices))
         if isinstance(state, SqliteStateStore):
             await stack.enter_async_context(state)
         progress = Progress(notices, nursery)
@@ -582,6 +619,48 @@ async def _cli_runtime(args: argparse.Namespace, notices: Console, nursery: trio
             f"ready in {format_duration(trio.current_time() - started)}: thread {runtime.thread_id} {how}", "green"
         )
         yield runtime
+
+
+def cli_codex_bin(codex_bin: str | None) -> str:
+    """The codex binary a CLI command runs: ``--codex-bin``, ``$CODEX_TRIO_CODEX_BIN``, the project's
+    ``.codex-npm`` install (this directory or a parent), ``codex`` on PATH. :class:`BinaryNotFound` otherwise,
+    with a hint for a CLI user."""
+    return resolve_codex_bin(codex_bin, project_dir=Path.cwd(), configured_as="--codex-bin", hint=CODEX_BIN_HINT)
+
+
+async def _preflight(args: argparse.Namespace, config: RuntimeConfig, notices: Console) -> str:
+    """The codex binary to run, once it is known to run and to have a model it can reach and log in to.
+
+    Without this, a user with no login or no network saw "ready" and then nothing: codex starts fine and only
+    retries the model, for ever. :class:`PreflightFailed` (exit 1) says what is wrong and what to do.
+    """
+    if args.no_preflight:
+        return cli_codex_bin(config.codex_bin)
+    from ._doctor import doctor
+
+    report = await doctor(
+        config, check_model=True, project_dir=Path.cwd(), codex_bin_as="--codex-bin", binary_hint=CODEX_BIN_HINT
+    )
+    if not report.ok:
+        raise PreflightFailed(report)
+    assert report.codex_bin is not None
+    checked = {f.name: f.detail for f in report.findings}
+    notices.line(f"checked: {checked.get('codex version', report.codex_bin)}; {checked.get('model provider')}", "dim")
+    return report.codex_bin
+
+
+def _report_preflight(err: Console, where: str, report: DoctorReport, *, offline: bool) -> None:
+    err.line(f"{where}: error: codex cannot run a turn here; nothing was started", "red", "bold")
+    for finding in report.errors:
+        err.line(f"  {finding.name}: {finding.detail}", "red")
+    names = {finding.name for finding in report.errors}
+    if "auth" in names:
+        err.line("  to log in: `codex login` (ChatGPT account), or set OPENAI_API_KEY")
+    if "model provider" in names:
+        err.line("  check your network (and HTTPS_PROXY if you need one), or the model provider in config.toml")
+    if not offline:
+        err.line("  to try codex-trio without a login or network: add --offline (the bundled scripted model)")
+    err.line(f"  `{PROG} doctor` checks everything; --no-preflight starts without these checks")
 
 
 def _settlement_json(
@@ -789,10 +868,18 @@ async def _doctor(args: argparse.Namespace, out: Console, err: Console) -> int:
         if args.offline:
             base = Path(tempfile.mkdtemp(prefix="codex-trio-", dir=short_temp_root()))
             cleanup.callback(shutil.rmtree, base, ignore_errors=True)
+            from .testing._mock_model import write_codex_home
+
             # No model server is needed to check a set-up; any local URL makes a valid config.toml.
             codex_home = write_codex_home(base / "home", "http://127.0.0.1:9/v1")
         config = RuntimeConfig(codex_bin=args.codex_bin, cwd=cwd, codex_home=codex_home)
-        report = await doctor(config)
+        report = await doctor(
+            config,
+            check_model=not args.offline,
+            project_dir=Path.cwd(),
+            codex_bin_as="--codex-bin",
+            binary_hint=CODEX_BIN_HINT,
+        )
     if args.json:
         out.json(report.to_json())
     else:
@@ -854,6 +941,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
+        if args.command is None:
+            parser.error(
+                f"unrecognized arguments: {' '.join(extra)}"
+                if extra
+                else "the following arguments are required: COMMAND"
+            )
         if extra:
             parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # argparse has printed usage and the error (status 2), or --help (0)
@@ -868,6 +961,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         except BinaryNotFound as exc:
             err.line(f"{where}: error: {exc}", "red")
+            return EXIT_FAILED
+        except PreflightFailed as failed:
+            _report_preflight(err, where, failed.report, offline=getattr(args, "offline", False))
             return EXIT_FAILED
         except ConfigError as exc:
             err.line(f"{where}: error: {exc}")

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 from .._errors import ProcessError
+from .._paths import project_codex_bins
 from .._pins import PINNED_CODEX_VERSION
 
 __all__ = ["codex_version", "expected_codex_version", "find_codex_bin", "require_codex_bin"]
@@ -20,12 +21,6 @@ __all__ = ["codex_version", "expected_codex_version", "find_codex_bin", "require
 ENV_VAR = "CODEX_TRIO_CODEX_BIN"
 #: Set by ``./dev compat`` to the version it runs the real suite against; unset, the pin is expected.
 EXPECTED_VERSION_ENV_VAR = "CODEX_TRIO_EXPECTED_CODEX_VERSION"
-
-# Same globs as `./dev`'s codex_bin(): the platform package may sit at the top level or be nested.
-_NATIVE_GLOBS = (
-    "node_modules/@openai/codex-*/vendor/*/bin/codex",
-    "node_modules/@openai/codex/node_modules/@openai/codex-*/vendor/*/bin/codex",
-)
 
 
 def _is_executable_file(path: str | os.PathLike[str]) -> bool:
@@ -46,11 +41,7 @@ def _project_roots() -> list[Path]:
 def _native_candidates() -> list[Path]:
     found: list[Path] = []
     for root in _project_roots():
-        npm_dir = root / ".codex-npm"
-        if not npm_dir.is_dir():
-            continue
-        for pattern in _NATIVE_GLOBS:
-            found.extend(sorted(npm_dir.glob(pattern)))
+        found.extend(project_codex_bins(root))
     return found
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -54,7 +55,8 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     [
         ((), "the following arguments are required: COMMAND"),
         (("bogus",), "invalid choice: 'bogus'"),
-        (("--bogus",), "required: COMMAND"),
+        (("--bogus",), "codex-trio: error: unrecognized arguments: --bogus"),
+        (("--bogus", "send", "hi"), "codex-trio send: error: unrecognized arguments: --bogus"),
         (("demo", "--bogus"), "codex-trio demo: error: unrecognized arguments: --bogus"),
         (("demo", "extra"), "unrecognized arguments: extra"),
         (("send",), "the following arguments are required: TEXT"),
@@ -105,7 +107,24 @@ def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.startswith("codex-trio ")
     code, out, _ = run(capsys, "send", "--help")
     assert code == 0
-    assert "--source-id" in out and "--offline" in out
+    assert "--source-id" in out and "--offline" in out and "--no-preflight" in out
+    code, out, _ = run(capsys, "status", "--help")
+    assert code == 0
+    assert "--db" in out and "--offline" not in out  # status takes no --offline, so its help does not offer it
+
+
+def test_version_does_not_import_the_testing_kit(tmp_path: Path) -> None:
+    probe = (
+        "import sys\n"
+        "from codex_trio.cli import main\n"
+        "code = main(['--version'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('codex_trio.testing')))\n"
+        "raise SystemExit(code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    version, imported = done.stdout.splitlines()
+    assert version.startswith("codex-trio ") and imported == "[]"
 
 
 def test_missing_binary_is_a_clear_failure_not_a_usage_error(
@@ -114,11 +133,111 @@ def test_missing_binary_is_a_clear_failure_not_a_usage_error(
     missing = str(tmp_path / "no-codex-here")
     code, _, err = run(capsys, "demo", "--codex-bin", missing)
     assert code == 1
-    assert "no runnable codex binary found" in err and missing in err
-    assert "./dev demo" in err
-    code, _, err = run(capsys, "send", "hi", "--offline", "--codex-bin", missing)
+    assert f"no runnable codex binary found (tried: --codex-bin {missing!r}: no such file)" in err
+    assert "Pass --codex-bin PATH or set CODEX_TRIO_CODEX_BIN=PATH" in err
+    assert "RuntimeConfig" not in err and "./dev demo" not in err  # hints for a CLI user, who may have no checkout
+    for argv in (("send", "hi", "--offline"), ("send", "hi", "--offline", "--no-preflight"), ("chat",)):
+        code, _, err = run(capsys, *argv, "--codex-bin", missing)
+        assert code == 1
+        assert "no runnable codex binary found" in err and "--codex-bin PATH" in err
+        assert "starting codex app-server" not in err  # reported before anything starts
+
+
+def test_a_codex_bin_that_is_not_executable_or_not_codex_is_reported_before_starting(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    code, _, err = run(capsys, "send", "hi", "--offline", "--codex-bin", str(plain))
     assert code == 1
-    assert "no runnable codex binary found" in err
+    assert f"--codex-bin {str(plain)!r}: not executable" in err and "starting codex" not in err
+    impostor = tmp_path / "impostor"
+    impostor.write_text("#!/bin/sh\necho 'hello, I am not codex'\n")
+    impostor.chmod(0o755)
+    code, _, err = run(capsys, "send", "hi", "--offline", "--codex-bin", str(impostor))
+    assert code == 1
+    assert "codex version: Codex at" in err and "reported hello, I am not codex" in err
+    assert "starting codex" not in err
+
+
+def test_the_codex_that_dev_setup_installed_is_found_from_a_subdirectory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    native = tmp_path / ".codex-npm/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
+    native.parent.mkdir(parents=True)
+    native.write_text("#!/bin/sh\necho 'codex-cli 0.171.0'\n")
+    native.chmod(0o755)
+    (tmp_path / "src").mkdir()
+    monkeypatch.chdir(tmp_path / "src")
+    monkeypatch.delenv("CODEX_TRIO_CODEX_BIN", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    code, out, _ = run(capsys, "doctor", "--offline", "--json")
+    assert code == 0, out
+    assert json.loads(out)["codex_bin"] == str(native)
+    native.unlink()
+    code, out, _ = run(capsys, "doctor", "--offline", "--json")
+    binary = next(f for f in json.loads(out)["findings"] if f["name"] == "codex binary")
+    assert code == 1 and "--codex-bin: not given" in binary["detail"]
+    assert f".codex-npm in {tmp_path / 'src'} or a parent: none found" in binary["detail"]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port  # nothing listens there now: a connection is refused at once
+
+
+def codex_home_for(tmp_path: Path, toml: str) -> Path:
+    home = tmp_path / "codex-home"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(toml)
+    return home
+
+
+def test_send_without_a_reachable_model_fails_before_starting_and_says_what_to_do(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    toml = f'model_provider = "m"\n[model_providers.m]\nname = "m"\nbase_url = "{url}"\nwire_api = "responses"\n'
+    monkeypatch.setenv("CODEX_HOME", str(codex_home_for(tmp_path, toml)))
+    fake = fake_codex(tmp_path, "0.171.0")
+    code, out, err = run(capsys, "send", "hi", "--codex-bin", str(fake), "--db", str(tmp_path / "s.db"))
+    assert (code, out) == (1, "")
+    assert "codex-trio send: error: codex cannot run a turn here; nothing was started" in err
+    assert f"model provider: cannot reach model provider 'm' at {url}: Connection refused" in err
+    assert "check your network" in err and "add --offline" in err and "--no-preflight" in err
+    assert "starting codex app-server" not in err and not (tmp_path / "s.db").exists()
+
+
+def test_chat_without_a_login_fails_before_starting_and_says_how_to_log_in(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CODEX_HOME", str(codex_home_for(tmp_path, "")))  # the built-in openai provider, no auth.json
+    for var in ("OPENAI_API_KEY", "CODEX_API_KEY", "CODEX_ACCESS_TOKEN", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{closed_port()}/v1")  # no wait on a real network
+    code, _, err = run(capsys, "chat", "--codex-bin", str(fake_codex(tmp_path, "0.171.0")))
+    assert code == 1
+    assert "auth: missing Codex auth state" in err and "to log in: `codex login`" in err
+    assert "starting codex app-server" not in err
+
+
+def test_a_proxy_is_what_the_reachability_check_connects_to(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    toml = 'model_provider = "m"\n[model_providers.m]\nname = "m"\nbase_url = "https://model.invalid/v1"\n'
+    monkeypatch.setenv("CODEX_HOME", str(codex_home_for(tmp_path, toml)))
+    port = closed_port()
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    fake = str(fake_codex(tmp_path, "0.171.0"))
+    code, out, _ = run(capsys, "doctor", "--codex-bin", fake, "--json")
+    model = next(f for f in json.loads(out)["findings"] if f["name"] == "model provider")
+    assert code == 1 and f"through the proxy 127.0.0.1:{port}: Connection refused" in model["detail"]
+    monkeypatch.setenv("NO_PROXY", ".invalid")  # bypassed: the host itself, which does not resolve
+    code, out, _ = run(capsys, "doctor", "--codex-bin", fake, "--json")
+    model = next(f for f in json.loads(out)["findings"] if f["name"] == "model provider")
+    assert code == 1 and "proxy" not in model["detail"] and "https://model.invalid/v1" in model["detail"]
 
 
 def test_module_entry_point_runs_main(tmp_path: Path) -> None:

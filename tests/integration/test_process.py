@@ -573,7 +573,7 @@ def test_resolve_nothing_lists_every_candidate(short_dir: Path) -> None:
         resolve_codex_bin(None, {"PATH": str(short_dir)})
     tried = info.value.tried
     assert len(tried) == 3
-    assert "codex_bin: not configured" in tried[0]
+    assert "codex_bin: not given" in tried[0]
     assert "CODEX_TRIO_CODEX_BIN: not set" in tried[1]
     assert str(short_dir) in tried[2] and "not found" in tried[2]
     assert "npm install @openai/codex" in str(info.value)
@@ -783,3 +783,22 @@ def test_stale_daemon_files_are_removed_live_ones_kept(short_dir: Path) -> None:
     Path(sock_path).write_text("not a socket")
     assert remove_stale_daemon_files(ours, str(daemon)) == []  # only what codex makes
     assert remove_stale_daemon_files(short_dir / "other.sock", str(daemon)) == []
+
+
+def test_resolve_finds_the_project_codex_npm_install_from_a_subdirectory(short_dir: Path) -> None:
+    native = short_dir / ".codex-npm/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
+    native.parent.mkdir(parents=True)
+    _exe(native)
+    below = short_dir / "src" / "deep"
+    below.mkdir(parents=True)
+    on_path = _exe(short_dir / "codex")
+    assert resolve_codex_bin(None, {"PATH": str(short_dir)}, project_dir=below) == str(native)
+    assert resolve_codex_bin(None, {"PATH": str(short_dir)}) == str(on_path)  # the library does not look there
+    env_bin = _exe(short_dir / "from-env")
+    assert resolve_codex_bin(None, {"CODEX_TRIO_CODEX_BIN": str(env_bin)}, project_dir=below) == str(env_bin)
+    native.chmod(0o644)
+    with pytest.raises(BinaryNotFound) as info:
+        resolve_codex_bin(None, {"PATH": ""}, project_dir=below, configured_as="--codex-bin", hint="Pass --codex-bin.")
+    assert info.value.tried[0] == "--codex-bin: not given"
+    assert f".codex-npm in {below} or a parent: {native}: not executable" in info.value.tried
+    assert str(info.value).endswith("Pass --codex-bin.")
