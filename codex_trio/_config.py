@@ -135,6 +135,10 @@ def _to_float(value: float) -> float:
     return value
 
 
+def _to_optional_float(value: float | None) -> float | None:
+    return None if value is None else _to_float(value)
+
+
 # --- validators: reject, naming the field -------------------------------------------------------------------
 
 
@@ -205,7 +209,9 @@ def _v_cwd(owner: object, attribute: attrs.Attribute[Any], value: object) -> Non
     _v_optional_abs_path(owner, attribute, value)
     if isinstance(value, Path) and not value.is_dir():
         what = "is not a directory" if value.exists() else "does not exist"
-        raise _fail(owner, attribute.name, f"={str(value)!r} {what}; create it first or pass an existing directory", value)
+        raise _fail(
+            owner, attribute.name, f"={str(value)!r} {what}; create it first or pass an existing directory", value
+        )
 
 
 def _v_optional_text(owner: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -440,7 +446,9 @@ class RuntimeConfig:
     #: Without network codex 0.171 retries forever, first after ~3 s, then ever further apart (8 s, 13 s, 23 s);
     #: against HTTP 500s it retries 5 times (~20 s) before it gives up itself: the defaults end both in ~10-25 s.
     model_retry_limit: int | None = attrs.field(default=3, validator=_v_optional_int_at_least(1, " or None"))
-    model_retry_timeout: float | None = attrs.field(default=20.0, converter=_to_float, validator=_v_optional_positive)
+    model_retry_timeout: float | None = attrs.field(
+        default=20.0, converter=_to_optional_float, validator=_v_optional_positive
+    )
     grace_period: float = attrs.field(default=1.0, converter=_to_float, validator=_non_negative)
     approval_timeout: float = attrs.field(default=60.0, converter=_to_float, validator=_positive)
     restart: RestartPolicy = attrs.field(factory=RestartPolicy, validator=_v_restart)

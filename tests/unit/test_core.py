@@ -1920,7 +1920,9 @@ def test_a_retried_error_is_published_with_its_attempt_and_changes_nothing(
     assert d.core.open_turns() == ["t1"] and a.state == "sent"
 
 
-def retry(d: Driver, at: float, message: str = "Reconnecting... waiting for network", turn_id: str | None = "t1") -> list[Action]:
+def retry(
+    d: Driver, at: float, message: str = "Reconnecting... waiting for network", turn_id: str | None = "t1"
+) -> list[Action]:
     d.now = at
     return d.notify("error", error_params(message, turn_id=turn_id, will_retry=True))
 
