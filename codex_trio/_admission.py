@@ -14,7 +14,7 @@ from typing import Final, Literal, final
 import attrs
 import trio
 
-from ._errors import InvalidInput
+from ._errors import InvalidInput, NotAccepted
 from ._settlement import Settlement
 
 __all__ = [
@@ -99,9 +99,12 @@ class Admission:
         return self.status in ("submitted", "queued")
 
     async def settled(self) -> Settlement:
-        """Wait for the settlement: completed / failed / interrupted / stopped (with text, turn id, items)."""
+        """Wait for the settlement: completed / failed / interrupted / stopped (with text, turn id, items).
+
+        Raises :class:`~codex_trio.NotAccepted` when the input was not accepted (check :attr:`accepted` first).
+        """
         if self._done is None:
-            raise RuntimeError(f"admission {self.status!r} has no settlement (only accepted inputs settle)")
+            raise NotAccepted(self.status, self.source_id)
         await self._done.wait()
         assert self._settlement is not None
         return self._settlement

@@ -24,6 +24,7 @@ __all__ = [
     "InvalidInput",
     "LeaseLost",
     "MethodNotSupported",
+    "NotAccepted",
     "ProcessError",
     "ProtocolError",
     "RequestTimeout",
@@ -233,6 +234,32 @@ class InvalidInput(CodexTrioError, ValueError):
     def __init__(self, message: str, *, field: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+_NOT_ACCEPTED_WHY = {
+    "duplicate": "a message with this source id was already accepted (by this runtime or, with a durable store, an "
+    "earlier run) and is not sent again; its settlement is the one the first submit got",
+    "skipped": "a restart notice is skipped once something else has woken the thread",
+    "failed": "it could not be recorded (admission.error says why); the id stays unused, so submit it again",
+    "stopped": "the runtime is stopping",
+}
+
+
+class NotAccepted(CodexTrioError):
+    """``Admission.settled()`` on an input that was not accepted (``duplicate``, ``skipped``, ``failed``,
+    ``stopped``): only accepted inputs settle. Check ``admission.accepted`` (or ``.status``) first.
+
+    ``status`` and ``source_id`` name the admission.
+    """
+
+    def __init__(self, status: str, source_id: str) -> None:
+        why = _NOT_ACCEPTED_WHY.get(status, "only submitted or queued inputs settle")
+        super().__init__(
+            f"submission {source_id!r} was not accepted ({status}), so it has no settlement: {why}. Check "
+            f"admission.accepted before awaiting admission.settled()"
+        )
+        self.status = status
+        self.source_id = source_id
 
 
 class EventStreamOverflow(CodexTrioError):
