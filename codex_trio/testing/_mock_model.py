@@ -474,6 +474,7 @@ class MockModelServer:
 
     ``steps`` is the initial script. When it runs out, ``default`` answers (a step, or a callable taking the
     1-based request number; default: ``Text("mock reply N")``). ``keepalive_interval`` paces Hang's comments.
+    ``port`` (default: any free one) lets a test bring a model back where codex saw none.
     """
 
     def __init__(
@@ -482,8 +483,10 @@ class MockModelServer:
         *,
         default: DefaultStep | None = None,
         keepalive_interval: float = 0.1,
+        port: int = 0,
     ) -> None:
         self.keepalive_interval = keepalive_interval
+        self._port = port
         self._default: DefaultStep = default if default is not None else _default_text
         self._cond = threading.Condition()
         self._queue: deque[Step] = deque(steps)
@@ -500,7 +503,7 @@ class MockModelServer:
     def start(self) -> Self:
         if self._server is not None:
             raise RuntimeError("MockModelServer already started")
-        server = _HttpServer(("127.0.0.1", 0), _Handler)
+        server = _HttpServer(("127.0.0.1", self._port), _Handler)
         server.mock = self
         self._server = server
         self._thread = threading.Thread(
