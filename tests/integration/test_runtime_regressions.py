@@ -351,6 +351,37 @@ async def test_7_codex_retries_are_events_and_giving_up_settles_with_its_words(a
     assert (done.outcome, done.error) == ("failed", "no network after 5 tries")
 
 
+async def test_7b_a_model_codex_cannot_reach_fails_the_turn_within_the_retry_timeout(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """codex without network retries for ever ("Reconnecting... waiting for network", ever further apart): the turn
+    settles failed with codex's words at the configured bound, not at the 600 s deadline, and is interrupted."""
+    fake = FakeAppServer(default_turn=TurnScript(hang=True))
+    with trio.fail_after(100):
+        async with open_runtime(config(model_retry_timeout=20.0), launcher=FakeLauncher(fake)) as rt:
+            admission = await rt.submit(ChannelInput("m", "hello"))
+            await wait_for(lambda: bool(fake.active_turns))
+            (turn,) = fake.active_turns.values()
+            base = {"threadId": turn.thread_id, "turnId": turn.id}
+            started = trio.current_time()
+
+            async def codex_retries() -> None:
+                for delay in (3.0, 8.0, 13.0, 23.0, 47.0):
+                    await trio.sleep(delay)
+                    message = "Reconnecting... waiting for network"
+                    await fake.notify_all("error", {**base, "error": {"message": message}, "willRetry": True})
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(codex_retries)
+                done = await admission.settled()
+                given_up = trio.current_time() - started
+                await wait_for(lambda: turn.interrupted)
+                nursery.cancel_scope.cancel()
+    assert done.outcome == "failed" and done.error is not None
+    assert done.error.startswith("Reconnecting... waiting for network (codex could not reach the model: 2 retry")
+    assert given_up == pytest.approx(23.0)  # 20 s after the first notice (3 s in), armed by the second (11 s in)
+
+
 # -- 8: no stall at start ---------------------------------------------------------------------------------------
 
 
