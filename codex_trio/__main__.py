@@ -1,5 +1,5 @@
 """``python -m codex_trio``: the ``codex-trio`` command."""
 
-from codex_trio.cli import main
+from codex_trio._entry import main
 
 raise SystemExit(main())
