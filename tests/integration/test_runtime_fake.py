@@ -17,7 +17,7 @@ import trio
 
 from codex_trio._completions import Completion
 from codex_trio._config import RuntimeConfig
-from codex_trio._errors import AppServerExited, EventStreamOverflow, HandshakeTimeout, RuntimeGaveUp
+from codex_trio._errors import AppServerExited, EventStreamOverflow, HandshakeTimeout, NotAccepted, RuntimeGaveUp
 from codex_trio._events import (
     AgentMessageDelta,
     Event,
@@ -308,7 +308,7 @@ async def test_dedup_by_source_id_also_across_a_restart(autojump_clock: trio.abc
     # ask codex whether it has it.
     assert fake.delivered_ids() == ["m1", f"codex-trio-seq:{a.seq}", f"codex-trio-seq:{b.seq}"]
     assert fake.delivered_texts() == ["hello", "anonymous 1", "anonymous 2"]
-    with pytest.raises(RuntimeError):
+    with pytest.raises(NotAccepted, match=r"'m2' was not accepted \(stopped\)"):
         await (await rt.submit(ChannelInput("m2", "x"))).settled()
 
 

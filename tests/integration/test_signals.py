@@ -166,7 +166,7 @@ def test_cli_chat_stops_cleanly_on_signals(children: list[Child], tmp_path: Path
     # The fake codex is a Python interpreter importing trio: on a loaded machine it can take longer than the
     # default 10 s to listen, which is what --ready-timeout is for.
     argv = [sys.executable, "-m", "codex_trio", "chat", "--codex-bin", str(shim), "--db", str(db)]
-    argv += ["--ready-timeout", "60"]
+    argv += ["--ready-timeout", "60", "--no-preflight"]  # a fake codex, and no model: the special setup it is for
     child = Child([*argv, "--cwd", str(tmp_path / "work"), "--runtime-id", "sig"], env=env)
     children.append(child)
     child.wait_for("ready in", "stderr")  # the runtime is up; chat now waits for a line on stdin
