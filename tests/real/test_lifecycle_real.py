@@ -222,6 +222,7 @@ class Env:
     home: Path
 
     def config(self, runtime_id: str = "life", **overrides: Any) -> RuntimeConfig:
+        (self.tmp / "work").mkdir(exist_ok=True)
         fields: dict[str, Any] = {
             "runtime_id": runtime_id,
             "codex_bin": self.codex_bin,

@@ -155,6 +155,8 @@ def setup(tmp_path: Path, short_socket_dir: Path) -> Iterator[Setup]:
             "ready_timeout": 60.0,
             "handshake_timeout": 60.0,
         }
+        for work in ("work-real", "work-fake"):
+            (tmp_path / work).mkdir()
         launchers: dict[str, dict[str, Any]] = {
             "real": {
                 "runtime_id": "orphan-real",
