@@ -390,3 +390,72 @@ def test_parse_codex_version(raw: str, expected: tuple[int, int, int] | None) ->
 
 def test_min_version() -> None:
     assert MIN_CODEX_VERSION == (0, 161, 0)
+
+
+# --- which model provider URL the preflight connects to ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("toml", "auth", "env", "expected"),
+    [
+        ({}, None, {}, ("openai", "https://api.openai.com/v1")),
+        (
+            {},
+            {"tokens": {"id_token": "x"}, "OPENAI_API_KEY": None},
+            {},
+            ("openai", "https://chatgpt.com/backend-api/codex"),
+        ),
+        ({}, {"OPENAI_API_KEY": "sk-x"}, {}, ("openai", "https://api.openai.com/v1")),
+        (
+            {"openai_base_url": "http://gw:8080/v1"},
+            None,
+            {"OPENAI_BASE_URL": "http://env/v1"},
+            ("openai", "http://gw:8080/v1"),
+        ),
+        ({}, None, {"OPENAI_BASE_URL": "http://env/v1"}, ("openai", "http://env/v1")),
+        ({"model_provider": "ollama"}, None, {}, ("ollama", "http://localhost:11434/v1")),
+        ({"model_provider": "mystery"}, None, {}, ("mystery", None)),
+        (
+            {"model_provider": "m", "model_providers": {"m": {"base_url": "http://127.0.0.1:9/v1"}}},
+            None,
+            {},
+            ("m", "http://127.0.0.1:9/v1"),
+        ),
+        ({"model_provider": "m", "model_providers": {"m": {"name": "no url"}}}, None, {}, ("m", None)),
+    ],
+)
+def test_the_model_url_is_the_one_codex_would_use(
+    tmp_path: Path,
+    toml: dict[str, object],
+    auth: dict[str, object] | None,
+    env: dict[str, str],
+    expected: tuple[str, str | None],
+) -> None:
+    if auth is not None:
+        (tmp_path / "auth.json").write_text(json.dumps(auth))
+    assert _doctor._model_url(tmp_path, toml, env) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, None),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, "http://proxy:3128"),
+        ({"https_proxy": "http://lower:3128", "NO_PROXY": "example.com"}, None),
+        ({"ALL_PROXY": "socks5://p:1080", "no_proxy": ".other.org"}, "socks5://p:1080"),
+        ({"HTTP_PROXY": "http://only-http:3128"}, None),  # an https URL does not use the http proxy
+        ({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "*"}, None),
+    ],
+)
+def test_the_proxy_is_the_one_the_environment_names_for_the_url(env: dict[str, str], expected: str | None) -> None:
+    from urllib.parse import urlsplit
+
+    assert _doctor._proxy_for(urlsplit("https://api.example.com/v1"), env) == expected
+
+
+def test_a_model_url_that_is_not_http_is_an_error() -> None:
+    finding = trio.run(_doctor._check_model_reachable, ("m", "ftp://host/v1"), {})
+    assert (finding.ok, finding.severity) == (False, "error")
+    assert "not an http(s) URL" in finding.detail
+    unknown = trio.run(_doctor._check_model_reachable, ("mystery", None), {})
+    assert unknown.ok and "not checked" in unknown.detail
