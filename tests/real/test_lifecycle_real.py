@@ -222,7 +222,6 @@ class Env:
     home: Path
 
     def config(self, runtime_id: str = "life", **overrides: Any) -> RuntimeConfig:
-        (self.tmp / "work").mkdir(exist_ok=True)
         fields: dict[str, Any] = {
             "runtime_id": runtime_id,
             "codex_bin": self.codex_bin,
@@ -259,6 +258,7 @@ class Env:
 
 @pytest.fixture
 def env(tmp_path: Path, short_socket_dir: Path, codex_bin: str) -> Iterator[Env]:
+    (tmp_path / "work").mkdir()  # every runtime's cwd here (RuntimeConfig refuses a missing one)
     with MockModelServer() as model:
         yield Env(tmp_path, short_socket_dir, model, codex_bin, write_codex_home(tmp_path / "home", model.url))
         model.release()
