@@ -141,6 +141,18 @@ def _bad(name: str, message: str) -> InvalidInput:
     return InvalidInput(f"options.{name} {message}", field=f"options.{name}")
 
 
+def _require_utf8(field: str, value: str) -> None:
+    """A lone surrogate (an undecodable byte of a path, say) cannot be sent: refuse it here, not on the wire."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(
+            f"{field} holds a character UTF-8 cannot encode at index {exc.start} (an undecodable byte?): "
+            f"{value!r:.200}",
+            field=field,
+        ) from None
+
+
 def check_options(options: object) -> TurnOptions | None:
     """``options`` checked and normalised (``cwd`` absolute); None when it sets nothing. Raises
     :class:`~codex_trio.InvalidInput` naming the field and the accepted values. Looks at the disk (``cwd``)."""
@@ -153,6 +165,7 @@ def check_options(options: object) -> TurnOptions | None:
             raise _bad("model", f"must be a non-empty model name, got {options.model!r}")
         if len(options.model) > MAX_MODEL_CHARS or any(c.isspace() for c in options.model):
             raise _bad("model", f"must be a model name (no spaces, at most {MAX_MODEL_CHARS} characters)")
+        _require_utf8("options.model", options.model)
     for name, value, allowed in (
         ("effort", options.effort, _EFFORTS),
         ("summary", options.summary, _SUMMARIES),
@@ -166,6 +179,7 @@ def check_options(options: object) -> TurnOptions | None:
         if not isinstance(cwd, str) or not cwd or "\0" in cwd:
             raise _bad("cwd", f"must be a path to an existing directory, got {cwd!r}")
         absolute = os.path.abspath(os.path.expanduser(cwd))
+        _require_utf8("options.cwd", absolute)
         if not os.path.isdir(absolute):
             what = "does not exist" if not os.path.exists(absolute) else "is not a directory"
             raise _bad("cwd", f"{absolute!r} {what}; pass an existing directory")
@@ -175,8 +189,10 @@ def check_options(options: object) -> TurnOptions | None:
         if not isinstance(schema, dict):
             raise _bad("output_schema", f"must be a JSON Schema object (a dict), got {type(schema).__name__}")
         try:
-            json.dumps(schema, allow_nan=False)
+            _require_utf8("options.output_schema", json.dumps(schema, allow_nan=False, ensure_ascii=False))
         except (TypeError, ValueError) as exc:
+            if isinstance(exc, InvalidInput):
+                raise
             raise _bad("output_schema", f"is not JSON ({exc})") from None
     checked = attrs.evolve(options, cwd=cwd)
     return None if checked.empty else checked
@@ -184,6 +200,7 @@ def check_options(options: object) -> TurnOptions | None:
 
 def _check_url(index: int, url: str) -> ImageInput:
     field = f"images[{index}]"
+    _require_utf8(field, url)
     if url.startswith("data:"):
         if len(url) > MAX_DATA_URL_CHARS:
             raise InvalidInput(
@@ -224,6 +241,7 @@ def _check_file(index: int, path: str) -> ImageInput:
     if not path or "\0" in path:
         raise InvalidInput(f"{field} must be a URL or a path to an image file, got {path!r}", field=field)
     absolute = os.path.abspath(os.path.expanduser(path))
+    _require_utf8(field, absolute)
     hint = " (an image URL must be a data:image/...;base64, URL)"
     try:
         info = os.stat(absolute)

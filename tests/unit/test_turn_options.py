@@ -88,6 +88,22 @@ def test_an_output_schema_must_be_a_json_object() -> None:
         check_options(TurnOptions(output_schema={"x": object()}))  # type: ignore[dict-item]
 
 
+def test_text_that_cannot_travel_is_refused_at_the_door(tmp_path: Path) -> None:
+    # A lone surrogate (what an undecodable byte of a path becomes) would break the JSON-RPC frame on the wire.
+    bad = "model-\udcff"
+    for options, field in [
+        (TurnOptions(model=bad), "options.model"),
+        (TurnOptions(cwd=str(tmp_path) + "/\udcff"), "options.cwd"),
+        (TurnOptions(output_schema={"description": bad}), "options.output_schema"),
+    ]:
+        with pytest.raises(InvalidInput, match="UTF-8 cannot encode") as info:
+            check_options(options)
+        assert info.value.field == field
+    with pytest.raises(InvalidInput, match="UTF-8 cannot encode") as info:
+        check_images([DATA_URL, str(tmp_path / "\udcff.png")])
+    assert info.value.field == "images[1]"
+
+
 def test_no_options_and_empty_options_are_the_same() -> None:
     assert check_options(None) is None
     assert check_options(TurnOptions()) is None
