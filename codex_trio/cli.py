@@ -35,13 +35,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO, get_args
 
 import attrs
 import trio
 
 from ._config import RuntimeConfig
-from ._errors import BinaryNotFound, CodexTrioError, ConfigError
+from ._errors import BinaryNotFound, CodexTrioError, ConfigError, InvalidInput
 from ._events import (
     AgentMessageDelta,
     Event,
@@ -64,6 +64,7 @@ from ._runtime import Runtime, open_runtime
 from ._settlement import Settlement
 from ._signals import stop_on_signals
 from ._state import MemoryStateStore, RuntimeRecord, Snapshot, SqliteStateStore, StateStore, StoredSettlement
+from ._turn_options import ReasoningEffort, TurnOptions, check_images, check_options
 from ._util import collapse_exception_groups
 
 if TYPE_CHECKING:
@@ -420,6 +421,34 @@ def _add_cwd(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cwd", metavar="DIR", type=Path, help="codex's working directory (default: the current one)")
 
 
+def _add_turn_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="NAME", help="the model for the turn(s) (default: codex's configured model)")
+    p.add_argument(
+        "--effort",
+        choices=get_args(ReasoningEffort),
+        help="the reasoning effort for the turn(s) (default: the model's)",
+    )
+
+
+def _add_images(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--image",
+        metavar="PATH",
+        action="append",
+        dest="images",
+        default=[],
+        help="an image to send beside the text: a local file (png, jpeg, gif, webp) or a data: URL; repeatable",
+    )
+
+
+def _turn_options(args: argparse.Namespace) -> TurnOptions | None:
+    model: str | None = getattr(args, "model", None)
+    effort: ReasoningEffort | None = getattr(args, "effort", None)
+    if model is None and effort is None:
+        return None
+    return TurnOptions(model=model, effort=effort)
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -482,6 +511,8 @@ def build_parser() -> _Parser:
     )
     for add in (_add_offline, _add_db, _add_codex_bin, _add_no_preflight, _add_cwd, _add_ready_timeout, _add_verbose):
         add(send)
+    _add_turn_options(send)
+    _add_images(send)
     _add_runtime_id(send, "cli")
     _add_json(send, "the result")
 
@@ -492,6 +523,7 @@ def build_parser() -> _Parser:
     )
     for add in (_add_offline, _add_db, _add_codex_bin, _add_no_preflight, _add_cwd, _add_ready_timeout, _add_verbose):
         add(chat)
+    _add_turn_options(chat)
     _add_runtime_id(chat, "cli")
     _add_json(chat, "results and notices (one object a line)")
 
@@ -536,6 +568,13 @@ def _validate(args: argparse.Namespace) -> None:
     text: str | None = getattr(args, "text", None)
     if text is not None and not text.strip():
         raise UsageError("TEXT must not be empty")
+    # The same checks submit() makes, before codex is started for nothing.
+    try:
+        check_options(_turn_options(args))
+        check_images(getattr(args, "images", None) or ())
+    except InvalidInput as exc:
+        flag = "--image" if exc.field.startswith("images") else "--" + exc.field.removeprefix("options.")
+        raise UsageError(f"{flag}: {exc}") from None
 
 
 # --- runtimes for send/chat -------------------------------------------------------------------------------
@@ -678,9 +717,13 @@ def _settlement_json(
     }
 
 
-async def _one_turn(runtime: Runtime, view: LiveView, source_id: str, text: str) -> tuple[str, Settlement | None]:
-    """Submit one message and wait until it settled and the view has shown all of its text."""
-    admission = await runtime.submit(ChannelInput(source_id, text))
+async def _one_turn(
+    runtime: Runtime, view: LiveView, args: argparse.Namespace, source_id: str, text: str
+) -> tuple[str, Settlement | None]:
+    """Submit one message (with the turn options and images of ``args``) and wait until it settled and the view has
+    shown all of its text."""
+    images: list[str] = getattr(args, "images", None) or []
+    admission = await runtime.submit(ChannelInput(source_id, text, images=images), options=_turn_options(args))
     if not admission.accepted:
         return admission.status, None
     settlement = await admission.settled()
@@ -704,7 +747,7 @@ async def _send(args: argparse.Namespace, out: Console, err: Console) -> int:
         async with _cli_runtime(args, err, nursery) as runtime, runtime.events() as events:
             view = LiveView(err, stream)
             await nursery.start(view.run, events)
-            status, settlement = await _one_turn(runtime, view, source_id, text)
+            status, settlement = await _one_turn(runtime, view, args, source_id, text)
             result = _settlement_json(runtime, status, source_id, settlement)
         nursery.cancel_scope.cancel()
     if args.json:
@@ -753,7 +796,7 @@ async def _chat(args: argparse.Namespace, out: Console, err: Console) -> int:
                     continue
                 count += 1
                 source_id = f"chat:{session}:{count}"
-                status, settlement = await _one_turn(runtime, view, source_id, message)
+                status, settlement = await _one_turn(runtime, view, args, source_id, message)
                 if json_mode:
                     out.json({"type": "result", **_settlement_json(runtime, status, source_id, settlement)})
                 elif settlement is None:
