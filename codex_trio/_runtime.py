@@ -71,7 +71,7 @@ from ._threads import (
     list_threads,
     start_thread,
 )
-from ._turn_options import ImageInput, TurnOptions, check_images, check_options
+from ._turn_options import IMAGE_URL_PREFIXES, ImageInput, TurnOptions, check_images, check_options
 from ._util import NoPublicConstructor
 
 __all__ = [
@@ -307,8 +307,11 @@ class Runtime(metaclass=NoPublicConstructor):
         checked = check_options(options)  # cwd: one stat, as cheap as the checks next to it
         images: tuple[ImageInput, ...] = ()
         if item.images:
-            # Reads each file's first bytes: a thread, never the Trio thread.
-            images = await trio.to_thread.run_sync(check_images, item.images)
+            if all(image.startswith(IMAGE_URL_PREFIXES) for image in item.images):
+                images = check_images(item.images)  # URLs only: nothing to read
+            else:
+                # Reads each file's first bytes: a thread, never the Trio thread.
+                images = await trio.to_thread.run_sync(check_images, item.images)
         return await self._admit(item.source_id, "channel", text, options=checked, images=images)
 
     async def system_input(self, text: str, reason: SystemReason = "restart-notice") -> Admission:

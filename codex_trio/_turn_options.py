@@ -34,9 +34,10 @@ from typing import Final, Literal, TypeAlias, get_args
 import attrs
 
 from ._errors import InvalidInput
-from ._json import JsonObject, JsonValue
+from ._json import JsonValue
 
 __all__ = [
+    "IMAGE_URL_PREFIXES",
     "AskForApproval",
     "ImageInput",
     "ReasoningEffort",
@@ -73,7 +74,7 @@ MAX_DATA_URL_CHARS: Final = 20 * 1024 * 1024
 
 #: What is taken as a URL (anything else is a path). codex takes ``data:`` URLs only; the others are refused with
 #: the reason, rather than looked for as files.
-_URL_PREFIXES: Final = ("http://", "https://", "data:")
+IMAGE_URL_PREFIXES: Final = ("http://", "https://", "data:")
 _DATA_URL = re.compile(r"data:image/(png|jpeg|jpg|gif|webp);base64,(.+)", re.DOTALL)
 #: The image formats codex reads from a local file, by their first bytes.
 _MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
@@ -114,7 +115,9 @@ class TurnOptions:
     sandbox: SandboxMode | None = None
     approval_policy: AskForApproval | None = None
     cwd: str | None = attrs.field(default=None, converter=_fspath)
-    output_schema: JsonObject | None = None
+    #: Any mapping of JSON values (so a literal ``{"type": "object", ...}`` type-checks as it is); ``submit`` keeps
+    #: a copy made of plain JSON, so a later change of the caller's dict does not reach the stored input.
+    output_schema: Mapping[str, object] | None = None
 
     @property
     def empty(self) -> bool:
@@ -186,15 +189,15 @@ def check_options(options: object) -> TurnOptions | None:
         cwd = absolute
     schema = options.output_schema
     if schema is not None:
-        if not isinstance(schema, dict):
+        if not isinstance(schema, Mapping):
             raise _bad("output_schema", f"must be a JSON Schema object (a dict), got {type(schema).__name__}")
         try:
-            _require_utf8("options.output_schema", json.dumps(schema, allow_nan=False, ensure_ascii=False))
+            text = json.dumps(dict(schema), allow_nan=False, ensure_ascii=False)
         except (TypeError, ValueError) as exc:
-            if isinstance(exc, InvalidInput):
-                raise
             raise _bad("output_schema", f"is not JSON ({exc})") from None
-    checked = attrs.evolve(options, cwd=cwd)
+        _require_utf8("options.output_schema", text)
+        schema = json.loads(text)
+    checked = attrs.evolve(options, cwd=cwd, output_schema=schema)
     return None if checked.empty else checked
 
 
@@ -276,7 +279,7 @@ def check_images(images: Iterable[str]) -> tuple[ImageInput, ...]:
         raise InvalidInput(f"{len(images)} images; at most {MAX_IMAGES} per input", field="images")
     out: list[ImageInput] = []
     for index, image in enumerate(images):
-        if image.startswith(_URL_PREFIXES):
+        if image.startswith(IMAGE_URL_PREFIXES):
             out.append(_check_url(index, image))
         else:
             out.append(_check_file(index, image))
@@ -296,7 +299,7 @@ def sandbox_policy(mode: SandboxMode) -> dict[str, JsonValue]:
 
 def encode_payload(options: TurnOptions | None, images: Iterable[ImageInput]) -> str | None:
     """One JSON document for the ``pending.options`` column; None when there is nothing to keep."""
-    document: dict[str, JsonValue] = {}
+    document: dict[str, object] = {}
     if options is not None:
         document["options"] = {
             "model": options.model,
@@ -307,7 +310,7 @@ def encode_payload(options: TurnOptions | None, images: Iterable[ImageInput]) ->
             "cwd": options.cwd,
             "output_schema": options.output_schema,
         }
-    stored_images: list[JsonValue] = [[image.kind, image.value] for image in images]
+    stored_images = [[image.kind, image.value] for image in images]
     if stored_images:
         document["images"] = stored_images
     return json.dumps(document, separators=(",", ":"), allow_nan=False) if document else None

@@ -389,7 +389,8 @@ class FakeAppServer:
         items = params.get("input")
         if not isinstance(items, list) or not items:
             raise FakeRpcError("Invalid request: missing field `input`")
-        return [str(i.get("text", "")) for i in items if isinstance(i, dict)]
+        # Images (``image``, ``localImage``) travel beside the text; the fake's turns only echo the text.
+        return [str(i.get("text", "")) for i in items if isinstance(i, dict) and i.get("type", "text") == "text"]
 
     async def _m_turn_start(self, conn: _FakeConnection, params: dict[str, Any]) -> dict[str, Any]:
         thread = self._thread(params)

@@ -85,7 +85,7 @@ def test_an_output_schema_must_be_a_json_object() -> None:
     with pytest.raises(InvalidInput, match="is not JSON"):
         check_options(TurnOptions(output_schema={"default": float("nan")}))
     with pytest.raises(InvalidInput, match="is not JSON"):
-        check_options(TurnOptions(output_schema={"x": object()}))  # type: ignore[dict-item]
+        check_options(TurnOptions(output_schema={"x": object()}))
 
 
 def test_text_that_cannot_travel_is_refused_at_the_door(tmp_path: Path) -> None:
@@ -102,6 +102,14 @@ def test_text_that_cannot_travel_is_refused_at_the_door(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="UTF-8 cannot encode") as info:
         check_images([DATA_URL, str(tmp_path / "\udcff.png")])
     assert info.value.field == "images[1]"
+
+
+def test_the_checked_schema_is_a_copy_made_of_plain_json() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}  # dict[str, object]: type-checks as is
+    checked = check_options(TurnOptions(output_schema=schema))
+    assert checked is not None and checked.output_schema == schema
+    schema["properties"] = {}
+    assert checked.output_schema == {"type": "object", "properties": {"a": {"type": "integer"}}}
 
 
 def test_no_options_and_empty_options_are_the_same() -> None:
