@@ -2,7 +2,9 @@
 
 An input is refused *before* anything is recorded when it cannot travel: text or a source id that cannot be
 encoded as UTF-8 (a lone surrogate, as ``json.loads('"\\ud800"')`` yields, or an undecodable byte smuggled in by
-``surrogateescape``), text over codex's per-input limit, an over-long source id. The caller gets
+``surrogateescape``), text over codex's per-input limit, an over-long source id; and (``_turn_options.py``) a
+turn option outside codex's values, a ``cwd`` that is not a directory, an image that is not a readable image file
+or a ``data:`` URL. The caller gets
 :class:`~codex_trio.InvalidInput` naming the field; the id stays unused, so the fixed input can be submitted again
 with the same id. Nothing a caller sends can then fail on the wire and take the session down for the others.
 """
