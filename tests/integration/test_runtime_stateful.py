@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from codex_trio._admission import Admission
 from codex_trio._config import DeliveryMode, RuntimeConfig
 from codex_trio._errors import ConnectionLost, RuntimeStopped
-from codex_trio._events import SubmissionSettled
+from codex_trio._events import SubmissionSettled, ThreadLost
 from codex_trio._policy import RestartPolicy
 from codex_trio._render import ChannelInput
 from codex_trio._runtime import Runtime, open_runtime
@@ -145,8 +145,9 @@ class World:
     attempts: list[Attempt] = attrs.field(factory=list)
     stopped_early: bool = False
     nursery: trio.Nursery | None = None
-    #: the runtime's threads in the order it moved to them (the first one it started on first)
+    #: the thread the runtime started on, and the ones new_thread() returned
     threads: list[str] = attrs.field(factory=list)
+    moved: list[str] = attrs.field(factory=list)
 
 
 async def _cancel_after(scope: trio.CancelScope, steps: int) -> None:
@@ -174,11 +175,9 @@ async def run_move(world: World, cancel_after: int | None) -> None:
             assert world.nursery is not None
             world.nursery.start_soon(_cancel_after, scope, cancel_after)
         try:
-            world.threads.append(await world.rt.new_thread())
+            world.moved.append(await world.rt.new_thread())
         except (RuntimeStopped, ConnectionLost):
             pass
-    if scope.cancelled_caught or len(world.threads) == 0 or world.threads[-1] != world.rt.thread_id:
-        assert world.rt.thread_id in world.threads, "a move that did not finish left the runtime elsewhere"
 
 
 async def run_chaos(world: World, plan: list[tuple[float, str]]) -> None:
@@ -332,10 +331,13 @@ def check_invariants(world: World, seen: list[Any], snapshot: Any, stored_settle
     # Threads: every input went to the thread the runtime was on when it was sent, and in acceptance order, inputs
     # go to the runtime's threads in the order it moved to them.
     assert not fake.elsewhere, f"inputs went to a thread the runtime had left: {fake.elsewhere}"
+    # The order the runtime moved in is the order of its ThreadLost events; every finished move is one of them, and
+    # the runtime ends on the last (a cancelled or failed move left it where it was).
+    threads = world.threads[:1] + [e.new_thread_id for e in seen if isinstance(e, ThreadLost)]
+    assert set(world.moved) <= set(threads[1:]), (world.moved, threads)
+    assert world.rt.thread_id == threads[-1], (world.rt.thread_id, threads)
     where = [
-        world.threads.index(str(params["threadId"]))
-        for params in fake.accepted
-        if params["input"][0]["text"] in by_text
+        threads.index(str(params["threadId"])) for params in fake.accepted if params["input"][0]["text"] in by_text
     ]
     assert where == sorted(where), f"an input went back to an older thread: {where}"
 
