@@ -67,14 +67,28 @@ from ._events import (
     CodexError,
     CodexRetrying,
     CodexWarning,
+    CommandOutputDelta,
     Event,
+    FileChangeOutputDelta,
+    FileChangePatchUpdated,
     ItemCompleted,
     ItemStarted,
+    McpToolCallProgress,
+    PlanDelta,
+    PlanStep,
+    PlanUpdated,
+    ReasoningSummaryDelta,
+    ReasoningSummaryPartAdded,
+    ReasoningTextDelta,
+    TokenUsageUpdated,
     TurnCompleted,
+    TurnDiffUpdated,
     TurnStarted,
 )
-from ._settlement import Settlement, TurnOutcome
+from ._items import AgentMessageItem, ThreadItem, file_update, parse_item
+from ._settlement import Settlement, ThreadLost, TurnOutcome
 from ._turn_options import ImageInput, TurnOptions, parse_output
+from ._usage import TokenUsage, parse_usage
 
 __all__ = [
     "Action",
@@ -211,10 +225,12 @@ class InterruptAnswer:
 
 @attrs.frozen
 class Settle:
-    """``settlement`` is final. ``persist``: record it in the store (which also drops the pending row)."""
+    """``settlement`` is final. ``persist``: record it in the store (which also drops the pending row), with the
+    runtime's cumulative token usage (``usage``, when there is any) in the same write."""
 
     settlement: Settlement
     persist: bool
+    usage: TokenUsage | None = None
 
 
 @attrs.frozen
@@ -289,7 +305,9 @@ class _Turn:
     id: str
     deadline: float
     inputs: list[Submission] = attrs.field(factory=list)
-    items: list[p.Item] = attrs.field(factory=list)
+    items: list[ThreadItem] = attrs.field(factory=list)
+    #: the sum of the ``last`` usage of the turn's ``thread/tokenUsage/updated`` notifications so far
+    usage: TokenUsage | None = None
     steerable: bool = True
     interrupting: bool = False
     #: the outcome its inputs already got (our deadline), reported instead of codex's
@@ -329,7 +347,8 @@ class _Session:
     thread_id: str
     turns: dict[str, _Turn] = attrs.field(factory=dict)
     ended: OrderedDict[str, TurnOutcome] = attrs.field(factory=OrderedDict)
-    early_items: OrderedDict[str, list[p.Item]] = attrs.field(factory=OrderedDict)
+    early_items: OrderedDict[str, list[ThreadItem]] = attrs.field(factory=OrderedDict)
+    early_usage: OrderedDict[str, TokenUsage] = attrs.field(factory=OrderedDict)
     sending: _Flight | None = None
     #: interrupt token -> (turn id, requester or None for a deadline)
     interrupts: dict[int, tuple[str, Any]] = attrs.field(factory=dict)
@@ -341,6 +360,8 @@ class RuntimeCore:
     def __init__(
         self,
         *,
+        runtime_id: str = "",
+        usage: TokenUsage | None = None,
         delivery_mode: DeliveryMode = "steer",
         dedup_window: int = 1024,
         turn_timeout: float = 600.0,
@@ -354,6 +375,10 @@ class RuntimeCore:
     ) -> None:
         if dedup_window < 0:
             raise ValueError("dedup_window must be >= 0")
+        #: named by every event the core publishes
+        self.runtime_id = runtime_id
+        #: the runtime's cumulative token usage (restored from the store, then every model call of our thread)
+        self.usage = usage
         self.delivery_mode: DeliveryMode = delivery_mode
         self.dedup_window = dedup_window
         self.turn_timeout = turn_timeout
@@ -389,7 +414,7 @@ class RuntimeCore:
         self._actions: list[Action] = []
         #: something already woke the thread of the current (or, between sessions, the next) session
         self._woken = False
-        self._thread_lost: Any = None
+        self._thread_lost: ThreadLost | None = None
         self._admission_closed = False
         self._stop_reason: str | None = None
         self.stopped = False
@@ -584,7 +609,7 @@ class RuntimeCore:
         self._woken = self._woken or bool(self._queue)
         self._pump()
 
-    def thread_lost(self, info: Any) -> None:
+    def thread_lost(self, info: ThreadLost) -> None:
         """The thread was lost (resume failed, a fresh one started): the next settlement carries ``info``."""
         self._thread_lost = info
 
@@ -630,7 +655,7 @@ class RuntimeCore:
                 self._settle(sub, TurnOutcome("interrupted", flight.target, error=reason), persist=True)
         for turn in session.turns.values():
             for sub in turn.inputs:
-                self._settle(sub, TurnOutcome("interrupted", turn.id, error=reason), persist=True)
+                self._settle(sub, TurnOutcome("interrupted", turn.id, error=reason, usage=turn.usage), persist=True)
         for token, (_turn_id, requester) in session.interrupts.items():
             del token
             if requester is not None:
@@ -669,7 +694,7 @@ class RuntimeCore:
                 self._settle(session.sending.submission, TurnOutcome("stopped", None, error=reason), persist=False)
             for turn in session.turns.values():
                 for sub in turn.inputs:
-                    self._settle(sub, TurnOutcome("stopped", turn.id, error=reason), persist=False)
+                    self._settle(sub, TurnOutcome("stopped", turn.id, error=reason, usage=turn.usage), persist=False)
             for _turn_id, requester in session.interrupts.values():
                 if requester is not None:
                     self._actions.append(InterruptAnswer(requester, False))
@@ -811,7 +836,8 @@ class RuntimeCore:
         if turn is None:
             turn = session.turns[turn_id] = _Turn(turn_id, now + self.turn_timeout)
             turn.items.extend(session.early_items.pop(turn_id, ()))
-            self._publish(TurnStarted(turn_id, session.generation))
+            turn.usage = session.early_usage.pop(turn_id, None)
+            self._publish(TurnStarted(turn_id, session.generation, runtime_id=self.runtime_id))
         return turn
 
     # == interrupts and deadlines =================================================================================
@@ -881,7 +907,7 @@ class RuntimeCore:
 
     def _fail_and_interrupt(self, session: _Session, turn: _Turn, now: float, message: str) -> None:
         """Settle the turn's inputs ``failed`` now, then interrupt it (its end, later, changes nothing for them)."""
-        turn.override = TurnOutcome("failed", turn.id, error=message)
+        turn.override = TurnOutcome("failed", turn.id, error=message, usage=turn.usage)
         for sub in turn.inputs:
             self._settle(sub, turn.override, persist=True)
         turn.inputs.clear()
@@ -940,6 +966,10 @@ class RuntimeCore:
         handler = self._handlers.get(method)
         if handler is not None:
             handler(self, session, params, now)
+        elif method in STREAM_METHODS:
+            event = self.stream(method, params)
+            if event is not None:
+                self._actions.append(Publish(event))
 
     def delta(self, params: Any) -> AgentMessageDelta | None:
         """The event for an ``item/agentMessage/delta`` notification, or None if it is not ours to publish.
@@ -954,14 +984,35 @@ class RuntimeCore:
         if thread_id is not None and thread_id != session.thread_id:
             return None
         try:
-            return AgentMessageDelta(params["turnId"], params["itemId"], params["delta"], session.generation)
+            return AgentMessageDelta(
+                params["turnId"], params["itemId"], params["delta"], session.generation, runtime_id=self.runtime_id
+            )
         except KeyError:
             return AgentMessageDelta(
                 str(params.get("turnId", "")),
                 str(params.get("itemId", "")),
                 str(params.get("delta", "")),
                 session.generation,
+                runtime_id=self.runtime_id,
             )
+
+    def stream(self, method: str, params: Any) -> Event | None:
+        """The event for a notification in :data:`STREAM_METHODS` (reasoning, command output, plan, progress,
+        diff), or None if it is not ours or not readable. Like :meth:`delta`, these change no state, so the driver
+        may skip them when nobody listens."""
+        session = self._session
+        if session is None or type(params) is not dict:
+            return None
+        thread_id = params.get("threadId")
+        if thread_id is not None and thread_id != session.thread_id:
+            return None
+        build = _STREAMED.get(method)
+        if build is None:
+            return None
+        try:
+            return build(params, session.generation, self.runtime_id)
+        except (KeyError, TypeError, ValueError):
+            return None  # malformed: nothing to show
 
     def _on_delta(self, session: _Session, params: dict[str, Any], now: float) -> None:
         event = self.delta(params)
@@ -972,7 +1023,7 @@ class RuntimeCore:
         parsed = _structure(params, p.ItemNotification)
         if parsed is None:
             return
-        item = parsed.item
+        item = parse_item(parsed.item.raw)
         if completed:
             turn = session.turns.get(parsed.turn_id)
             if turn is not None:
@@ -983,9 +1034,46 @@ class RuntimeCore:
                 _append_item(early, item)
                 while len(session.early_items) > _REMEMBERED_EARLY:
                     session.early_items.popitem(last=False)
-            self._publish(ItemCompleted(parsed.turn_id, item.type, item.id, item.raw, session.generation))
+            self._publish(
+                ItemCompleted(parsed.turn_id, item.type, item.id, item, session.generation, runtime_id=self.runtime_id)
+            )
         else:
-            self._publish(ItemStarted(parsed.turn_id, item.type, item.id, item.raw, session.generation))
+            self._publish(
+                ItemStarted(parsed.turn_id, item.type, item.id, item, session.generation, runtime_id=self.runtime_id)
+            )
+
+    def _on_token_usage(self, session: _Session, params: dict[str, Any], now: float) -> None:
+        turn_id = params.get("turnId")
+        usage = params.get("tokenUsage")
+        if not isinstance(turn_id, str) or not isinstance(usage, dict):
+            return
+        try:
+            total, last = parse_usage(usage.get("total")), parse_usage(usage.get("last"))
+        except ValueError:
+            return
+        window = usage.get("modelContextWindow")
+        # One notification per model call; ``last`` is that call. Summed per turn (the settlement's usage) and per
+        # runtime (statistics, the store): codex's own ``total`` restarts with each app-server.
+        self.usage = last if self.usage is None else self.usage + last
+        turn = session.turns.get(turn_id)
+        if turn is not None:
+            turn.usage = last if turn.usage is None else turn.usage + last
+        elif turn_id not in session.ended:
+            before = session.early_usage.get(turn_id)
+            session.early_usage[turn_id] = last if before is None else before + last
+            session.early_usage.move_to_end(turn_id)
+            while len(session.early_usage) > _REMEMBERED_EARLY:
+                session.early_usage.popitem(last=False)
+        self._publish(
+            TokenUsageUpdated(
+                turn_id,
+                total,
+                last,
+                window if isinstance(window, int) and not isinstance(window, bool) else None,
+                session.generation,
+                runtime_id=self.runtime_id,
+            )
+        )
 
     def _on_item_started(self, session: _Session, params: dict[str, Any], now: float) -> None:
         self._on_item(session, params, now, completed=False)
@@ -1019,13 +1107,15 @@ class RuntimeCore:
         if parsed.will_retry:
             match = _ATTEMPT.search(message)
             attempt, of = (int(match.group(1)), int(match.group(2))) if match else (None, None)
-            self._publish(CodexRetrying(parsed.turn_id, message, attempt, of, session.generation))
+            self._publish(
+                CodexRetrying(parsed.turn_id, message, attempt, of, session.generation, runtime_id=self.runtime_id)
+            )
             self._retrying(session, parsed.turn_id, message, now)
             return
         turn_id = parsed.turn_id
         if turn_id is None and session.turns:
             turn_id = next(reversed(session.turns))
-        self._publish(CodexError(turn_id, message, session.generation))
+        self._publish(CodexError(turn_id, message, session.generation, runtime_id=self.runtime_id))
         if turn_id is None:
             return
         # codex gave up on the turn: it is over for us, whether or not its turn/completed follows.
@@ -1036,7 +1126,7 @@ class RuntimeCore:
     def _on_warning(self, session: _Session, params: dict[str, Any], now: float) -> None:
         message = params.get("message")
         if isinstance(message, str):
-            self._publish(CodexWarning(message, session.generation))
+            self._publish(CodexWarning(message, session.generation, runtime_id=self.runtime_id))
 
     _handlers: Final[Mapping[str, Callable[[RuntimeCore, _Session, dict[str, Any], float], None]]] = {
         "item/agentMessage/delta": _on_delta,
@@ -1046,6 +1136,7 @@ class RuntimeCore:
         "turn/completed": _on_turn_completed,
         "error": _on_error,
         "warning": _on_warning,
+        "thread/tokenUsage/updated": _on_token_usage,
     }
 
     def _end_turn(self, session: _Session, turn_id: str, outcome: TurnOutcome) -> None:
@@ -1055,11 +1146,17 @@ class RuntimeCore:
         session.ended[turn_id] = outcome
         while len(session.ended) > _REMEMBERED_ENDED:
             session.ended.popitem(last=False)
+        if turn is not None and turn.usage is not None and outcome.usage is None:
+            outcome = session.ended[turn_id] = attrs.evolve(outcome, usage=turn.usage)
         final = turn.override if turn is not None and turn.override is not None else outcome
         if turn is not None:
             for sub in turn.inputs:
                 self._settle(sub, outcome, persist=True)
-        self._publish(TurnCompleted(turn_id, final.outcome, final.text, final.error, session.generation))
+        self._publish(
+            TurnCompleted(
+                turn_id, final.outcome, final.text, final.error, session.generation, runtime_id=self.runtime_id
+            )
+        )
 
     # == settlement ===============================================================================================
 
@@ -1085,8 +1182,9 @@ class RuntimeCore:
             sub.generation,
             thread_lost,
             output=output,
+            usage=outcome.usage,
         )
-        self._actions.append(Settle(settlement, persist and sub.durable))
+        self._actions.append(Settle(settlement, persist and sub.durable, self.usage))
 
     def _publish(self, event: Event) -> None:
         self._actions.append(Publish(event))
@@ -1110,28 +1208,33 @@ def _structure(params: dict[str, Any], cls: type[Any]) -> Any:
         return None  # malformed: not ours to act on
 
 
-def _append_item(items: list[p.Item], item: p.Item) -> None:
+def _append_item(items: list[ThreadItem], item: ThreadItem) -> None:
     items.append(item)
     if len(items) > _MAX_ITEMS_PER_TURN:
         del items[0]
 
 
-def _with_items(outcome: TurnOutcome, items: Sequence[p.Item]) -> TurnOutcome:
+def _with_items(outcome: TurnOutcome, items: Sequence[ThreadItem]) -> TurnOutcome:
     if not items:
         return outcome
-    return attrs.evolve(outcome, text=_last_agent_text(items), items=tuple(i.raw for i in items))
+    return attrs.evolve(outcome, text=_last_agent_text(items), items=tuple(items))
 
 
-def _last_agent_text(items: Sequence[p.Item]) -> str | None:
+def _last_agent_text(items: Sequence[ThreadItem]) -> str | None:
     for item in reversed(items):
-        if item.type == "agentMessage" and item.text:
+        if isinstance(item, AgentMessageItem) and item.text:
             return item.text
     return None
 
 
-def _turn_outcome(turn: p.Turn, items: Sequence[p.Item]) -> TurnOutcome:
-    text = _last_agent_text(items)
-    raw = tuple(i.raw for i in items)
+def _typed(items: Sequence[ThreadItem | p.Item]) -> tuple[ThreadItem, ...]:
+    """``turn.items`` of a ``turn/completed`` (wire models) or the items the core collected (already typed)."""
+    return tuple(parse_item(dict(i.raw)) if isinstance(i, p.Item) else i for i in items)
+
+
+def _turn_outcome(turn: p.Turn, items: Sequence[ThreadItem | p.Item]) -> TurnOutcome:
+    raw = _typed(items)
+    text = _last_agent_text(raw)
     if turn.status == "completed":
         return TurnOutcome("completed", turn.id, text, raw)
     if turn.status == "interrupted":
@@ -1140,6 +1243,68 @@ def _turn_outcome(turn: p.Turn, items: Sequence[p.Item]) -> TurnOutcome:
     return TurnOutcome("failed", turn.id, text, raw, message or "codex turn failed")
 
 
-def outcome_of(turn: p.Turn, items: Sequence[p.Item]) -> TurnOutcome:
+def outcome_of(turn: p.Turn, items: Sequence[ThreadItem | p.Item]) -> TurnOutcome:
     """The outcome a finished ``turn`` gives its inputs (also used to reconcile a dead host's input)."""
     return _turn_outcome(turn, items)
+
+
+# -- streamed notifications: stateless, one event each -----------------------------------------------------------
+# Each builder reads the schema's required fields (a KeyError/TypeError/ValueError means malformed: dropped).
+
+
+def _s(params: dict[str, Any], key: str) -> str:
+    value = params[key]
+    if not isinstance(value, str):
+        raise TypeError(key)
+    return value
+
+
+def _i(params: dict[str, Any], key: str) -> int:
+    value = params[key]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(key)
+    return value
+
+
+def _plan_steps(value: Any) -> tuple[PlanStep, ...]:
+    if not isinstance(value, list):
+        raise TypeError("plan")
+    return tuple(PlanStep(_s(step, "step"), _s(step, "status")) for step in value)
+
+
+def _explanation(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+_Builder: TypeAlias = Callable[[dict[str, Any], int, str], Event]
+
+_STREAMED: Final[Mapping[str, _Builder]] = {
+    "item/reasoning/summaryTextDelta": lambda q, g, r: ReasoningSummaryDelta(
+        _s(q, "turnId"), _s(q, "itemId"), _i(q, "summaryIndex"), _s(q, "delta"), g, runtime_id=r
+    ),
+    "item/reasoning/summaryPartAdded": lambda q, g, r: ReasoningSummaryPartAdded(
+        _s(q, "turnId"), _s(q, "itemId"), _i(q, "summaryIndex"), g, runtime_id=r
+    ),
+    "item/reasoning/textDelta": lambda q, g, r: ReasoningTextDelta(
+        _s(q, "turnId"), _s(q, "itemId"), _i(q, "contentIndex"), _s(q, "delta"), g, runtime_id=r
+    ),
+    "item/commandExecution/outputDelta": lambda q, g, r: CommandOutputDelta(
+        _s(q, "turnId"), _s(q, "itemId"), _s(q, "delta"), g, runtime_id=r
+    ),
+    "item/fileChange/outputDelta": lambda q, g, r: FileChangeOutputDelta(
+        _s(q, "turnId"), _s(q, "itemId"), _s(q, "delta"), g, runtime_id=r
+    ),
+    "item/fileChange/patchUpdated": lambda q, g, r: FileChangePatchUpdated(
+        _s(q, "turnId"), _s(q, "itemId"), tuple(file_update(c) for c in q["changes"]), g, runtime_id=r
+    ),
+    "turn/plan/updated": lambda q, g, r: PlanUpdated(
+        _s(q, "turnId"), _explanation(q.get("explanation")), _plan_steps(q["plan"]), g, runtime_id=r
+    ),
+    "item/plan/delta": lambda q, g, r: PlanDelta(_s(q, "turnId"), _s(q, "itemId"), _s(q, "delta"), g, runtime_id=r),
+    "item/mcpToolCall/progress": lambda q, g, r: McpToolCallProgress(
+        _s(q, "turnId"), _s(q, "itemId"), _s(q, "message"), g, runtime_id=r
+    ),
+    "turn/diff/updated": lambda q, g, r: TurnDiffUpdated(_s(q, "turnId"), _s(q, "diff"), g, runtime_id=r),
+}
+#: Notifications that only become an event (no state of the core changes): the driver may skip them unread.
+STREAM_METHODS: Final = frozenset(_STREAMED)

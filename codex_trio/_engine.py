@@ -28,6 +28,7 @@ from . import _protocol as p
 from ._admission import Admission
 from ._connection import Connection
 from ._core import (
+    STREAM_METHODS,
     AdmitRequest,
     Answer,
     FailSession,
@@ -46,7 +47,7 @@ from ._core import (
 from ._errors import ConnectionLost, LeaseLost, ProtocolError, RequestTimeout, RpcError, RuntimeStopped
 from ._events import EventHub, SubmissionSettled
 from ._jsonrpc import Notification
-from ._settlement import Settlement, TurnOutcome
+from ._settlement import Settlement, ThreadLost, TurnOutcome
 from ._state import MemoryStateStore, StateStore, StoredSettlement, StoredSubmission
 from ._turn_options import ImageInput, TurnOptions, encode_payload, sandbox_policy
 
@@ -108,7 +109,7 @@ class _Reconciled:
 
 @attrs.frozen
 class _ThreadLost:
-    info: Any
+    info: ThreadLost
 
 
 @attrs.frozen
@@ -354,7 +355,7 @@ class Engine:
     async def reconciled(self, resend: frozenset[int], outcomes: dict[int, TurnOutcome]) -> None:
         await self._post(_Reconciled(resend, outcomes))
 
-    async def thread_lost(self, info: Any) -> None:
+    async def thread_lost(self, info: ThreadLost) -> None:
         await self._post(_ThreadLost(info))
 
     async def stop(self) -> None:
@@ -429,6 +430,13 @@ class Engine:
                     if event is not None:
                         self._hub.publish(event)
                 return
+            if item.method in STREAM_METHODS:
+                # The other streamed notifications (reasoning, command output, plan, ...): no state, same shortcut.
+                if self._hub.subscriber_count:
+                    streamed = core.stream(item.method, item.params)
+                    if streamed is not None:
+                        self._hub.publish(streamed)
+                return
             core.notification(item.method, item.params, trio.current_time())
         elif kind is AdmitRequest:
             core.request(item)
@@ -478,7 +486,7 @@ class Engine:
                 # Durable first, then told: a caller told "interrupted, not sent again" must never see the next
                 # host send it after all because the store still had it in doubt.
                 s = action.settlement
-                stored = StoredSettlement(s.seq, s.source_id, s.outcome, s.turn_id, s.error, time.time())
+                stored = StoredSettlement(s.seq, s.source_id, s.outcome, s.turn_id, s.error, time.time(), action.usage)
                 if memory is not None:
                     with self._then_tell(s):
                         memory.settle_now(self.runtime_id, stored)
@@ -571,7 +579,7 @@ class Engine:
         if admission is not None:
             admission._settle(settlement)
         self._on_settled(settlement)
-        self._hub.publish(SubmissionSettled(settlement))
+        self._hub.publish(SubmissionSettled(settlement, runtime_id=self.runtime_id))
 
     # == tasks the actions start ===================================================================================
 

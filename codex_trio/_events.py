@@ -1,55 +1,81 @@
 """Typed runtime events and the bounded hub that fans them out to subscribers.
 
+Every event names the runtime it is about (``runtime_id``), so one stream can carry several runtimes' events:
+:func:`merge_events` subscribes one stream to several runtimes' hubs, and an :class:`EventHub` the app creates
+can be shared by several runtimes (``open_runtime(config, events=hub)``). A hub the app created exists before
+any runtime does, so a subscriber attached to it sees the first start (``starting`` -> ``ready``,
+:class:`ThreadReady`), which ``runtime.events()`` cannot show: it exists only once ``open_runtime`` returned.
+
 Each subscriber has its own bounded buffer of ``capacity`` events, and nothing grows past it:
 
 * *Droppable* events (deltas and item progress) that find the buffer full are dropped and counted; the
   subscriber sees one :class:`Lagged` marker with the count before its next event.
-* Every other event (status changes, turn terminals, settlements, codex's errors and warnings) is never dropped
-  silently. A subscriber that falls so far behind that they no longer fit (``capacity`` more beyond a full buffer)
-  is cut off: its buffer is freed, it leaves the hub, and its next read raises :class:`EventStreamOverflow`. The
-  runtime and the other subscribers go on; a stream that is created and never read costs at most its buffer.
+* Every other event (status changes, turn terminals, settlements, token usage, plan updates, codex's errors and
+  warnings) is never dropped silently. A subscriber that falls so far behind that they no longer fit (``capacity``
+  more beyond a full buffer) is cut off: its buffer is freed, it leaves its hubs, and its next read raises
+  :class:`EventStreamOverflow`. The runtime and the other subscribers go on; a stream that is created and never
+  read costs at most its buffer.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol, TypeAlias
 
 import attrs
 import trio
 
 from ._errors import EventStreamOverflow
-from ._settlement import Settlement
+from ._items import FileUpdate, ThreadItem
+from ._settlement import Settlement, ThreadLost
+from ._state import RuntimeStatus
+from ._usage import TokenUsage
 
 __all__ = [
     "AgentMessageDelta",
     "CodexError",
     "CodexRetrying",
     "CodexWarning",
+    "CommandOutputDelta",
     "Event",
     "EventHub",
     "EventStream",
+    "FileChangeOutputDelta",
+    "FileChangePatchUpdated",
     "ItemCompleted",
     "ItemStarted",
     "Lagged",
+    "McpToolCallProgress",
+    "PlanDelta",
+    "PlanStep",
+    "PlanUpdated",
+    "ReasoningSummaryDelta",
+    "ReasoningSummaryPartAdded",
+    "ReasoningTextDelta",
     "Restarting",
     "ServerRequestAnswered",
     "StatusChanged",
     "SubmissionSettled",
     "ThreadLost",
     "ThreadReady",
+    "TokenUsageUpdated",
     "TurnCompleted",
+    "TurnDiffUpdated",
     "TurnStarted",
+    "merge_events",
 ]
+
+# Every event ends with ``runtime_id`` (keyword-only, required): the runtime it is about.
 
 
 @attrs.frozen
 class StatusChanged:
-    status: str
-    previous: str
+    status: RuntimeStatus
+    previous: RuntimeStatus
     generation: int
     error: str | None = None
+    runtime_id: str = attrs.field(kw_only=True)
 
 
 @attrs.frozen
@@ -57,16 +83,7 @@ class ThreadReady:
     thread_id: str
     resumed: bool
     generation: int
-
-
-@attrs.frozen
-class ThreadLost:
-    """``thread/resume`` failed; the runtime continues on a fresh thread (the old history is not in context)."""
-
-    old_thread_id: str
-    new_thread_id: str
-    reason: str
-    generation: int
+    runtime_id: str = attrs.field(kw_only=True)
 
 
 @attrs.frozen
@@ -75,12 +92,14 @@ class Restarting:
     delay: float
     cause: str
     generation: int
+    runtime_id: str = attrs.field(kw_only=True)
 
 
 @attrs.frozen
 class TurnStarted:
     turn_id: str
     generation: int
+    runtime_id: str = attrs.field(kw_only=True)
 
 
 @attrs.frozen
@@ -90,24 +109,31 @@ class TurnCompleted:
     text: str | None
     error: str | None
     generation: int
+    runtime_id: str = attrs.field(kw_only=True)
 
 
 @attrs.frozen
 class ItemStarted:
+    """codex started an item (``item/started``); ``item`` is its typed record (``AgentMessageItem``, ...)."""
+
     turn_id: str
     item_type: str
     item_id: str | None
-    item: Any = attrs.field(repr=False)
+    item: ThreadItem = attrs.field(repr=False)
     generation: int = 0
+    runtime_id: str = attrs.field(kw_only=True)
 
 
 @attrs.frozen
 class ItemCompleted:
+    """codex completed an item (``item/completed``): its final state (a command's exit code and output, ...)."""
+
     turn_id: str
     item_type: str
     item_id: str | None
-    item: Any = attrs.field(repr=False)
+    item: ThreadItem = attrs.field(repr=False)
     generation: int = 0
+    runtime_id: str = attrs.field(kw_only=True)
 
 
 @attrs.frozen
@@ -116,11 +142,149 @@ class AgentMessageDelta:
     item_id: str
     delta: str
     generation: int
+    runtime_id: str = attrs.field(kw_only=True)
+
+
+@attrs.frozen
+class ReasoningSummaryDelta:
+    """A chunk of summary part ``summary_index`` of reasoning item ``item_id``."""
+
+    turn_id: str
+    item_id: str
+    summary_index: int
+    delta: str
+    generation: int
+    runtime_id: str = attrs.field(kw_only=True)
+
+
+@attrs.frozen
+class ReasoningSummaryPartAdded:
+    """Reasoning item ``item_id`` began summary part ``summary_index`` (a new paragraph of its summary)."""
+
+    turn_id: str
+    item_id: str
+    summary_index: int
+    generation: int
+    runtime_id: str = attrs.field(kw_only=True)
+
+
+@attrs.frozen
+class ReasoningTextDelta:
+    """A chunk of raw reasoning content part ``content_index`` (sent when codex shows raw reasoning)."""
+
+    turn_id: str
+    item_id: str
+    content_index: int
+    delta: str
+    generation: int
+    runtime_id: str = attrs.field(kw_only=True)
+
+
+@attrs.frozen
+class CommandOutputDelta:
+    """A chunk of a running command's output (``item/commandExecution/outputDelta``)."""
+
+    turn_id: str
+    item_id: str
+    delta: str
+    generation: int
+    runtime_id: str = attrs.field(kw_only=True)
+
+
+@attrs.frozen
+class FileChangeOutputDelta:
+    """A chunk of a patch's textual output (``item/fileChange/outputDelta``; codex 0.171 no longer sends it)."""
+
+    turn_id: str
+    item_id: str
+    delta: str
+    generation: int
+    runtime_id: str = attrs.field(kw_only=True)
+
+
+@attrs.frozen
+class FileChangePatchUpdated:
+    """The files a file-change item touches, as its patch streams in (``item/fileChange/patchUpdated``)."""
+
+    turn_id: str
+    item_id: str
+    changes: tuple[FileUpdate, ...]
+    generation: int
+    runtime_id: str = attrs.field(kw_only=True)
+
+
+@attrs.frozen
+class PlanStep:
+    """One step of the agent's plan. ``status``: ``pending``, ``inProgress`` or ``completed``."""
+
+    step: str
+    status: str
+
+
+@attrs.frozen
+class PlanUpdated:
+    """The agent's plan for the turn, whole (``turn/plan/updated``): each update replaces the previous one."""
+
+    turn_id: str
+    explanation: str | None
+    steps: tuple[PlanStep, ...]
+    generation: int
+    runtime_id: str = attrs.field(kw_only=True)
+
+
+@attrs.frozen
+class PlanDelta:
+    """A chunk of a proposed plan item's text (``item/plan/delta``; experimental in codex)."""
+
+    turn_id: str
+    item_id: str
+    delta: str
+    generation: int
+    runtime_id: str = attrs.field(kw_only=True)
+
+
+@attrs.frozen
+class McpToolCallProgress:
+    """A progress message of a running MCP tool call (``item/mcpToolCall/progress``)."""
+
+    turn_id: str
+    item_id: str
+    message: str
+    generation: int
+    runtime_id: str = attrs.field(kw_only=True)
+
+
+@attrs.frozen
+class TurnDiffUpdated:
+    """The turn's unified diff across all its file changes so far (``turn/diff/updated``)."""
+
+    turn_id: str
+    diff: str
+    generation: int
+    runtime_id: str = attrs.field(kw_only=True)
+
+
+@attrs.frozen
+class TokenUsageUpdated:
+    """codex counted a model call's tokens (``thread/tokenUsage/updated``).
+
+    ``last``: that model call; ``total``: codex's running sum for the thread, which starts again from zero with
+    each app-server (``Runtime.statistics().usage`` does not); ``model_context_window``: the model's context
+    window, when codex knows it.
+    """
+
+    turn_id: str
+    total: TokenUsage
+    last: TokenUsage
+    model_context_window: int | None
+    generation: int
+    runtime_id: str = attrs.field(kw_only=True)
 
 
 @attrs.frozen
 class SubmissionSettled:
     settlement: Settlement
+    runtime_id: str = attrs.field(kw_only=True)
 
 
 @attrs.frozen
@@ -129,6 +293,7 @@ class ServerRequestAnswered:
     rejected: bool
     summary: str
     generation: int
+    runtime_id: str = attrs.field(kw_only=True)
 
 
 @attrs.frozen
@@ -142,6 +307,7 @@ class CodexRetrying:
     attempt: int | None
     max_attempts: int | None
     generation: int
+    runtime_id: str = attrs.field(kw_only=True)
 
 
 @attrs.frozen
@@ -151,6 +317,7 @@ class CodexError:
     turn_id: str | None
     message: str
     generation: int
+    runtime_id: str = attrs.field(kw_only=True)
 
 
 @attrs.frozen
@@ -159,13 +326,19 @@ class CodexWarning:
 
     message: str
     generation: int
+    runtime_id: str = attrs.field(kw_only=True)
 
 
 @attrs.frozen
 class Lagged:
-    """This subscriber was too slow: ``dropped`` droppable events (deltas, item progress) were skipped."""
+    """This subscriber was too slow: ``dropped`` droppable events (deltas, item progress) were skipped.
+
+    A marker of the stream, not of one runtime: ``runtime_id`` is ``""`` (a merged stream counts the drops of all
+    its runtimes together).
+    """
 
     dropped: int
+    runtime_id: str = attrs.field(default="", kw_only=True)
 
 
 Event: TypeAlias = (
@@ -178,6 +351,17 @@ Event: TypeAlias = (
     | ItemStarted
     | ItemCompleted
     | AgentMessageDelta
+    | ReasoningSummaryDelta
+    | ReasoningSummaryPartAdded
+    | ReasoningTextDelta
+    | CommandOutputDelta
+    | FileChangeOutputDelta
+    | FileChangePatchUpdated
+    | PlanUpdated
+    | PlanDelta
+    | McpToolCallProgress
+    | TurnDiffUpdated
+    | TokenUsageUpdated
     | SubmissionSettled
     | ServerRequestAnswered
     | CodexRetrying
@@ -186,16 +370,36 @@ Event: TypeAlias = (
     | Lagged
 )
 
-_DROPPABLE = (AgentMessageDelta, ItemStarted, ItemCompleted)
+#: What a slow subscriber may miss (counted in a Lagged): streamed chunks and item progress. A state that no later
+#: event restates (a plan, a usage figure, a diff, a terminal) is never in here.
+_DROPPABLE = (
+    AgentMessageDelta,
+    ItemStarted,
+    ItemCompleted,
+    ReasoningSummaryDelta,
+    ReasoningSummaryPartAdded,
+    ReasoningTextDelta,
+    CommandOutputDelta,
+    FileChangeOutputDelta,
+    FileChangePatchUpdated,
+    PlanDelta,
+    McpToolCallProgress,
+)
 #: A reader taking already-buffered events yields to the scheduler once per this many.
 _YIELD_EVERY = 64
 
 
 class EventStream:
-    """One subscriber's view of the runtime's events. Use as ``async with runtime.events() as events``."""
+    """One subscriber's view of one or more hubs' events. Use as ``async with runtime.events() as events``.
 
-    def __init__(self, hub: EventHub, capacity: int) -> None:
-        self._hub = hub
+    It ends (``EndOfChannel``, or the end of ``async for``) once every hub it reads has closed and its buffer is
+    drained.
+    """
+
+    def __init__(self, hubs: Sequence[EventHub], capacity: int) -> None:
+        self._hubs = tuple(hubs)
+        #: hubs of this stream not closed yet
+        self._open = len(self._hubs)
         self._capacity = capacity
         # Undroppable events may use a second ``capacity`` beyond a buffer that deltas filled.
         self._hard_limit = 2 * capacity
@@ -226,8 +430,17 @@ class EventStream:
     def _overflow(self) -> None:
         self._overflowed = True
         self._buffer.clear()
-        self._hub._remove(self)
+        self._leave()
         self._end()
+
+    def _leave(self) -> None:
+        for hub in self._hubs:
+            hub._remove(self)
+
+    def _hub_closed(self) -> None:
+        self._open -= 1
+        if self._open <= 0:
+            self._end()
 
     def _end(self) -> None:
         self._closed = True
@@ -286,7 +499,7 @@ class EventStream:
 
     def close(self) -> None:
         """Stop receiving; a task waiting in :meth:`receive` wakes up with ``EndOfChannel``."""
-        self._hub._remove(self)
+        self._leave()
         self._buffer.clear()
         self._end()
 
@@ -296,18 +509,37 @@ class EventStream:
 
 
 class EventHub:
+    """Where runtimes publish their events, and streams subscribe (each with a buffer of ``capacity``).
+
+    Every runtime has one. An app may create one itself and pass it to one or several ``open_runtime(config,
+    events=hub)`` calls: subscribers attached before then see everything, the first start included. A runtime
+    never closes a hub it did not create: the app closes it (:meth:`close`, or ``async with hub``), which ends
+    its streams once they are drained.
+    """
+
     def __init__(self, capacity: int = 1024) -> None:
         self._capacity = max(1, capacity)
         self._subscribers: list[EventStream] = []
         self._closed = False
 
     def subscribe(self) -> EventStream:
-        stream = EventStream(self, self._capacity)
+        """A new stream of every event published from now on."""
+        stream = EventStream((self,), self._capacity)
         if self._closed:
             stream._end()
         else:
             self._subscribers.append(stream)
         return stream
+
+    async def __aenter__(self) -> EventHub:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def publish(self, event: Event) -> None:
         # A snapshot: a subscriber may overflow (and leave) while we iterate.
@@ -321,11 +553,47 @@ class EventHub:
             pass
 
     def close(self) -> None:
+        """No more events: each stream ends once drained (a merged one, once all its hubs closed). Idempotent."""
+        if self._closed:
+            return
         self._closed = True
-        for sub in self._subscribers:
-            sub._end()
-        self._subscribers.clear()
+        subscribers, self._subscribers = self._subscribers, []
+        for sub in subscribers:
+            sub._hub_closed()
 
     @property
     def subscriber_count(self) -> int:
         return len(self._subscribers)
+
+
+class _HasHub(Protocol):
+    @property
+    def hub(self) -> EventHub: ...
+
+
+def merge_events(*sources: EventHub | _HasHub, capacity: int | None = None) -> EventStream:
+    """One stream of several runtimes' (or hubs') events, in the order they were published; each event names its
+    runtime (``runtime_id``). ``async with merge_events(rt1, rt2) as events: async for event in events: ...``
+
+    No task: the stream subscribes to each hub (a hub named twice, or shared by two runtimes, counts once), with
+    one buffer of ``capacity`` (default: the largest of the hubs'), under the same rules as any stream (deltas
+    dropped with a :class:`Lagged`, cut off past twice the buffer). It ends once every hub has closed (each
+    runtime closes its own hub when it stops).
+    """
+    hubs: list[EventHub] = []
+    for source in sources:
+        hub = source if isinstance(source, EventHub) else source.hub
+        if not isinstance(hub, EventHub):
+            raise TypeError(f"merge_events() takes runtimes or EventHubs (got {type(source).__name__})")
+        if all(hub is not seen for seen in hubs):
+            hubs.append(hub)
+    if not hubs:
+        raise TypeError("merge_events() needs at least one runtime or EventHub")
+    size = capacity if capacity is not None else max(hub._capacity for hub in hubs)
+    stream = EventStream(hubs, max(1, size))
+    for hub in hubs:
+        if hub._closed:
+            stream._hub_closed()
+        else:
+            hub._subscribers.append(stream)
+    return stream

@@ -28,6 +28,7 @@ from ._process import reap_orphan
 from ._settlement import TurnOutcome
 from ._state import StateStore, StoredSubmission
 from ._turn_options import ImageInput, TurnOptions, decode_payload
+from ._usage import TokenUsage
 
 __all__ = ["Restored", "decide", "load", "reconcile"]
 
@@ -45,6 +46,8 @@ class Restored:
     pending: tuple[tuple[int, str, SubmissionKind, str, TurnOptions | None, tuple[ImageInput, ...]], ...]
     in_doubt: tuple[tuple[int, str, SubmissionKind, str, bool, TurnOptions | None, tuple[ImageInput, ...]], ...]
     completions: CompletionLedgerSnapshot | None
+    #: the cumulative token usage recorded with the latest settlement
+    usage: TokenUsage | None = None
 
 
 def _kind(value: str) -> SubmissionKind:
@@ -86,6 +89,7 @@ async def load(store: StateStore, runtime_id: str, *, thread_id: str | None = No
         pending=pending,
         in_doubt=in_doubt,
         completions=snapshot.completions,
+        usage=snapshot.record.token_usage,
     )
 
 

@@ -72,6 +72,7 @@ from ._threads import (
     start_thread,
 )
 from ._turn_options import IMAGE_URL_PREFIXES, ImageInput, TurnOptions, check_images, check_options
+from ._usage import TokenUsage
 from ._util import NoPublicConstructor
 
 __all__ = [
@@ -119,6 +120,9 @@ class RuntimeStatistics:
     open_turns: tuple[str, ...]
     waiting_admissions: int
     event_subscribers: int
+    #: the runtime's cumulative token usage: every model call of its thread, across restarts (with a durable
+    #: store, as of the latest persisted settlement when the runtime last stopped), None before the first
+    usage: TokenUsage | None
     core: CoreStatistics
     restart: RestartStatistics
     connection: ConnectionStatistics | None
@@ -143,15 +147,20 @@ class Runtime(metaclass=NoPublicConstructor):
         launcher: Launcher,
         approvals: ServerRequestHandler | None,
         restored: Restored,
+        hub: EventHub | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.launcher = launcher
-        self.hub = EventHub(config.event_buffer)
+        #: a hub the app passed in is the app's to close; the runtime closes only its own
+        self._own_hub = hub is None
+        self.hub = hub if hub is not None else EventHub(config.event_buffer)
         self.approvals = self._wire_approvals(approvals)
         self.board = StatusBoard(config.runtime_id, store, self.hub)
         self.tracker = RestartTracker(config.restart)
         core = RuntimeCore(
+            runtime_id=config.runtime_id,
+            usage=restored.usage,
             delivery_mode=config.delivery_mode,
             dedup_window=config.dedup_window,
             turn_timeout=config.turn_timeout,
@@ -192,7 +201,11 @@ class Runtime(metaclass=NoPublicConstructor):
 
             def on_decision(record: ApprovalDecisionRecord) -> None:
                 summary = f"{record.decision_summary}: {record.summary}" if record.summary else record.decision_summary
-                self.hub.publish(ServerRequestAnswered(record.method, record.rejected, summary, self.generation))
+                self.hub.publish(
+                    ServerRequestAnswered(
+                        record.method, record.rejected, summary, self.generation, runtime_id=self.runtime_id
+                    )
+                )
                 if user_callback is not None:
                     user_callback(record)
 
@@ -203,9 +216,15 @@ class Runtime(metaclass=NoPublicConstructor):
             try:
                 result = await handler(request)
             except BaseException as exc:
-                self.hub.publish(ServerRequestAnswered(request.method, True, f"error: {exc}", self.generation))
+                self.hub.publish(
+                    ServerRequestAnswered(
+                        request.method, True, f"error: {exc}", self.generation, runtime_id=self.runtime_id
+                    )
+                )
                 raise
-            self.hub.publish(ServerRequestAnswered(request.method, False, "answered", self.generation))
+            self.hub.publish(
+                ServerRequestAnswered(request.method, False, "answered", self.generation, runtime_id=self.runtime_id)
+            )
             return result
 
         return publishing
@@ -251,7 +270,12 @@ class Runtime(metaclass=NoPublicConstructor):
         return self._stopping
 
     def events(self) -> EventStream:
-        """A bounded, typed stream of runtime events (status, turns, items, deltas, settlements)."""
+        """A bounded, typed stream of runtime events (status, turns, items, deltas, usage, settlements).
+
+        It starts now: what happened while ``open_runtime`` started the first session is not in it. To see that
+        too, create an :class:`EventHub`, subscribe, and pass it as ``open_runtime(config, events=hub)``. On a hub
+        the app passed in, this stream carries every runtime that shares the hub and ends when the app closes it.
+        """
         return self.hub.subscribe()
 
     async def wait_status(self, *statuses: RuntimeStatus) -> RuntimeStatus:
@@ -275,6 +299,7 @@ class Runtime(metaclass=NoPublicConstructor):
             open_turns=core.open_turns,
             waiting_admissions=core.waiting_requests + core.writing,
             event_subscribers=self.hub.subscriber_count,
+            usage=self.engine.core.usage,
             core=core,
             restart=self.tracker.statistics(),
             connection=live.connection.statistics() if live is not None else None,
@@ -600,17 +625,17 @@ class Runtime(metaclass=NoPublicConstructor):
         elif not resolution.resumed:
             await self.store.set_thread_id(self.runtime_id, new_id)
         self._thread_id = new_id
-        self.hub.publish(ThreadReady(new_id, resolution.resumed, generation))
+        self.hub.publish(ThreadReady(new_id, resolution.resumed, generation, runtime_id=self.runtime_id))
 
     async def _moved(self, old: str, new: str, reason: str, generation: int, *, ready: bool) -> None:
         """The runtime left thread ``old`` for ``new``: the store, the next settlement and the subscribers learn it
         (``ready``: the session is already on the new thread, so say so; a starting session says it itself)."""
         await self.store.record_lost_thread(self.runtime_id, LostThread(old, new, reason, time.time()))
-        lost = ThreadLost(old, new, reason, generation)
+        lost = ThreadLost(old, new, reason, generation, runtime_id=self.runtime_id)
         await self.engine.thread_lost(lost)
         self.hub.publish(lost)
         if ready:
-            self.hub.publish(ThreadReady(new, False, generation))
+            self.hub.publish(ThreadReady(new, False, generation, runtime_id=self.runtime_id))
 
     async def session_ready(self, generation: int) -> None:
         self.tracker.session_ready(trio.current_time())
@@ -646,7 +671,8 @@ class Runtime(metaclass=NoPublicConstructor):
             await self.engine.persisted.wait()
             if self.status != "failed":
                 await self.board.set("stopped")
-            self.hub.close()
+            if self._own_hub:
+                self.hub.close()
 
 
 @asynccontextmanager
@@ -658,6 +684,7 @@ async def open_runtime(
     approvals: ServerRequestHandler | None = None,
     checkpoint: Checkpoint | None = None,
     wait_for_owner: float = 0.0,
+    events: EventHub | None = None,
 ) -> AsyncIterator[Runtime]:
     """Start a runtime and keep it alive until the block exits.
 
@@ -669,12 +696,18 @@ async def open_runtime(
     The runtime takes an exclusive lease on ``(state, config.runtime_id)``: a second opener gets
     :class:`RuntimeBusy` naming the owner, at once or after ``wait_for_owner`` seconds.
 
+    ``events``: an :class:`EventHub` the app created (and closes), to publish into instead of the runtime's own.
+    A stream subscribed to it before this call sees the first start (``StatusChanged`` starting -> ready,
+    ``ThreadReady``); several runtimes may share it (each event names its ``runtime_id``).
+
     Exceptions: what the block raises comes out unchanged (an ExceptionGroup of yours stays yours);
     ``KeyboardInterrupt``, ``SystemExit`` and cancellation win over the library's errors; the library's own
     failures come out as one exception, never as an ExceptionGroup.
     """
     if not isinstance(config, RuntimeConfig):
         raise TypeError(f"open_runtime() takes a RuntimeConfig (got {type(config).__name__})")
+    if events is not None and not isinstance(events, EventHub):
+        raise TypeError(f"open_runtime(events=...) takes an EventHub (got {type(events).__name__})")
     if checkpoint is not None and checkpoint.kind != "codexThread":
         raise ConfigError(
             f"unsupported resume checkpoint for Codex runtime: {checkpoint.kind!r} (expected 'codexThread')",
@@ -686,7 +719,7 @@ async def open_runtime(
     await store.acquire(config.runtime_id, wait=wait_for_owner)
     try:
         restored = await load(store, config.runtime_id, thread_id=checkpoint.id if checkpoint is not None else None)
-        runtime = Runtime._create(config, store, chosen_launcher, approvals, restored)
+        runtime = Runtime._create(config, store, chosen_launcher, approvals, restored, events)
         body: list[BaseException] = []
         chosen: BaseException | None = None
         try:

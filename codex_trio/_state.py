@@ -81,6 +81,7 @@ import trio
 
 from ._completions import CompletionLedgerSnapshot
 from ._errors import LeaseLost, RuntimeBusy, StateStoreError
+from ._usage import TokenUsage, usage_from_json, usage_to_json
 
 __all__ = [
     "LOST_THREADS_KEEP",
@@ -164,6 +165,8 @@ class RuntimeRecord:
     #: the live app-server child as ``"<pgid>:<start ticks>"`` (see ``_process.child_identity``), so a host that
     #: died without reaping it can have the next host reap it
     child: str | None = None
+    #: the runtime's cumulative token usage, as of its latest persisted settlement
+    token_usage: TokenUsage | None = None
 
 
 @attrs.frozen
@@ -174,6 +177,9 @@ class StoredSettlement:
     turn_id: str | None
     detail: str | None
     at: float
+    #: the runtime's cumulative token usage at this settlement: written with it (same transaction) into the
+    #: runtime record, so keeping the figure across restarts costs no write of its own
+    runtime_usage: TokenUsage | None = None
 
 
 @attrs.frozen
@@ -559,6 +565,8 @@ class MemoryStateStore:
         rt.settlements.append(settlement)
         del rt.settlements[: max(0, len(rt.settlements) - max(0, keep))]
         rt.pending.pop(settlement.seq, None)
+        if settlement.runtime_usage is not None:
+            rt.record = attrs.evolve(rt.record, token_usage=settlement.runtime_usage)
 
     async def delivering(self, runtime_id: str, seq: int, *, steered: bool = False) -> None:
         await _atomically(lambda: self.delivering_now(runtime_id, seq, steered=steered))
@@ -681,8 +689,12 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             released_at REAL
         )""",
     ),
-    # 5: what travels beside an input's text: its turn options and images (JSON; NULL = none).
-    ("ALTER TABLE pending ADD COLUMN options TEXT",),
+    # 5 (issue 12): what travels beside an input's text: its turn options and images (JSON; NULL = none); the
+    # runtime's cumulative token usage (JSON, the wire's camelCase breakdown; NULL = none yet).
+    (
+        "ALTER TABLE pending ADD COLUMN options TEXT",
+        "ALTER TABLE runtimes ADD COLUMN token_usage TEXT",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -957,7 +969,9 @@ class _Held:
 
 # --- SQLite: the store --------------------------------------------------------------------------------------
 
-_RECORD_COLUMNS: Final = "runtime_id, status, thread_id, last_error, last_started_at, last_ready_at, updated_at, child"
+_RECORD_COLUMNS: Final = (
+    "runtime_id, status, thread_id, last_error, last_started_at, last_ready_at, updated_at, child, token_usage"
+)
 
 
 class SqliteStateStore:
@@ -1404,7 +1418,10 @@ class SqliteStateStore:
         values = _row(row)
         if values[1] not in RUNTIME_STATUSES:
             raise _corrupt(self._path, f"unknown status {values[1]!r} for runtime {values[0]!r}")
-        return RuntimeRecord(*values)
+        *fields, usage = values
+        record = RuntimeRecord(*fields)
+        token_usage = usage_from_json(usage if isinstance(usage, str) else None)
+        return record if token_usage is None else attrs.evolve(record, token_usage=token_usage)
 
     async def load(self, runtime_id: str) -> Snapshot:
         rid = _bind(runtime_id)
@@ -1597,6 +1614,10 @@ class SqliteStateStore:
             )
             _trim(conn, "settlements", rid, keep)
             conn.execute("DELETE FROM pending WHERE runtime_id = ? AND seq = ?", (rid, s.seq))
+            if s.runtime_usage is not None:
+                conn.execute(
+                    "UPDATE runtimes SET token_usage = ? WHERE runtime_id = ?", (usage_to_json(s.runtime_usage), rid)
+                )
 
         await self._write(runtime_id, write)
 

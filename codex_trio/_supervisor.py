@@ -93,7 +93,7 @@ class StatusBoard:
         elif error is not None:
             fields["last_error"] = error
         if previous != status:
-            self._hub.publish(StatusChanged(status, previous, self.generation, error))
+            self._hub.publish(StatusChanged(status, previous, self.generation, error, runtime_id=self.runtime_id))
         with trio.CancelScope(shield=True):
             try:
                 await self._store.set_status(self.runtime_id, status, **fields)
@@ -188,7 +188,9 @@ class Supervisor:
                 raise decision.to_error()
             log.warning("[%s] %s; restarting in %.3gs", runtime_id, describe(cause), decision.delay)
             await board.set("degraded", error=describe(cause))
-            host.hub.publish(Restarting(decision.attempt, decision.delay, describe(cause), self.generation))
+            host.hub.publish(
+                Restarting(decision.attempt, decision.delay, describe(cause), self.generation, runtime_id=runtime_id)
+            )
             await trio.sleep(decision.delay)
 
 

@@ -24,6 +24,7 @@ from ._mock_model import (
     Hang as Hang,
     MockModelServer as MockModelServer,
     Text as Text,
+    Usage as Usage,
     write_codex_home as write_codex_home,
 )
 from ._real_codex import find_codex_bin as find_codex_bin, require_codex_bin as require_codex_bin
@@ -39,6 +40,7 @@ __all__ = [
     "ServerRequestSpec",
     "Text",
     "TurnScript",
+    "Usage",
     "find_codex_bin",
     "require_codex_bin",
     "write_codex_home",

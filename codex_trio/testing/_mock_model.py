@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeAlias
+from typing import Any, Final, Self, TypeAlias
 
 import attrs
 
@@ -47,6 +47,7 @@ __all__ = [
     "RecordedRequest",
     "Step",
     "Text",
+    "Usage",
     "codex_config_toml",
     "format_sse",
     "toml_string",
@@ -85,6 +86,86 @@ def _normalize_deltas(value: int | Sequence[str] | None) -> int | tuple[str, ...
 
 
 @attrs.frozen
+class Usage:
+    """The token usage a step reports in its ``response.completed`` (the Responses API's ``usage`` object).
+
+    ``total_tokens`` defaults to input + output, as the API computes it. codex reports it back as
+    ``thread/tokenUsage/updated`` (``last`` = this model call, ``total`` = the thread's sum).
+    """
+
+    input_tokens: int = 42
+    output_tokens: int = 7
+    cached_input_tokens: int = 0
+    reasoning_output_tokens: int = 0
+    total_tokens: int | None = None
+
+    @property
+    def total(self) -> int:
+        return self.total_tokens if self.total_tokens is not None else self.input_tokens + self.output_tokens
+
+    def wire(self) -> dict[str, Any]:
+        return {
+            "input_tokens": self.input_tokens,
+            "input_tokens_details": {"cached_tokens": self.cached_input_tokens},
+            "output_tokens": self.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": self.reasoning_output_tokens},
+            "total_tokens": self.total,
+        }
+
+
+#: What a step reports when it says nothing else: 42 in, 7 out, 49 in all.
+DEFAULT_USAGE: Final = Usage()
+
+
+def _tuple_of_str(value: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise TypeError("expected a list of strings, not a single string")
+    return tuple(value)
+
+
+def _reasoning_events(n: int, summary: Sequence[str], content: Sequence[str]) -> list[SseEvent]:
+    """A reasoning output item streamed before the message: one summary part per ``summary`` entry and one
+    content part per ``content`` entry, each sent as word-sized deltas (shapes of codex's own test kit)."""
+    if not summary and not content:
+        return []
+    item_id = f"rs-{n}"
+    added = {"type": "reasoning", "id": item_id, "summary": []}
+    events: list[SseEvent] = [("response.output_item.added", {"type": "response.output_item.added", "item": added})]
+    for index, text in enumerate(summary):
+        part = {"type": "response.reasoning_summary_part.added", "item_id": item_id, "summary_index": index}
+        events.append(("response.reasoning_summary_part.added", {**part, "part": {"type": "summary_text", "text": ""}}))
+        events += [
+            (
+                "response.reasoning_summary_text.delta",
+                {
+                    "type": "response.reasoning_summary_text.delta",
+                    "item_id": item_id,
+                    "summary_index": index,
+                    "delta": c,
+                },
+            )
+            for c in _word_chunks(text)
+        ]
+    for index, text in enumerate(content):
+        events += [
+            (
+                "response.reasoning_text.delta",
+                {"type": "response.reasoning_text.delta", "item_id": item_id, "content_index": index, "delta": c},
+            )
+            for c in _word_chunks(text)
+        ]
+    done = {
+        "type": "reasoning",
+        "id": item_id,
+        "summary": [{"type": "summary_text", "text": t} for t in summary],
+        "content": [{"type": "reasoning_text", "text": t} for t in content],
+        "encrypted_content": None,
+    }
+    events.append(("response.output_item.done", {"type": "response.output_item.done", "item": done}))
+    return events
+
+
+@attrs.frozen
 class Text:
     """One assistant message, streamed as deltas.
 
@@ -92,11 +173,16 @@ class Text:
     only the final item), or an explicit list of chunks (sent as given, even if they do not add up to
     ``text``).
     ``item_id`` defaults to ``msg-<request number>``; codex uses it as the agentMessage item id.
+    ``reasoning_summary`` / ``reasoning_content``: a reasoning item streamed before the text (summary parts and
+    raw content parts, as deltas). ``usage``: what ``response.completed`` reports (default :data:`DEFAULT_USAGE`).
     """
 
     text: str
     deltas: int | tuple[str, ...] | None = attrs.field(default=None, converter=_normalize_deltas)
     item_id: str | None = None
+    reasoning_summary: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
+    reasoning_content: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
+    usage: Usage = DEFAULT_USAGE
 
     @classmethod
     def json(cls, value: Any, *, deltas: int | Sequence[str] | None = None) -> Text:
@@ -125,13 +211,14 @@ class Text:
             "id": item_id,
             "content": [{"type": "output_text", "text": self.text}],
         }
-        events: list[SseEvent] = [("response.output_item.added", {"type": "response.output_item.added", "item": added})]
+        events = _reasoning_events(n, self.reasoning_summary, self.reasoning_content)
+        events.append(("response.output_item.added", {"type": "response.output_item.added", "item": added}))
         events += [
             ("response.output_text.delta", {"type": "response.output_text.delta", "delta": chunk})
             for chunk in self.delta_chunks()
         ]
         events.append(("response.output_item.done", {"type": "response.output_item.done", "item": done}))
-        events.append(_completed(n))
+        events.append(_completed(n, self.usage))
         return events
 
 
@@ -150,6 +237,10 @@ class ExecCommand:
     yield_time_ms: int | None = 1000
     call_id: str | None = None
     extra_args: Mapping[str, Any] = attrs.field(factory=dict)
+    #: reasoning streamed before the call (see :class:`Text`), and what ``response.completed`` reports
+    reasoning_summary: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
+    reasoning_content: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
+    usage: Usage = DEFAULT_USAGE
 
     def arguments(self) -> dict[str, Any]:
         args: dict[str, Any] = {"cmd": self.cmd}
@@ -171,7 +262,8 @@ class ExecCommand:
             "arguments": json.dumps(self.arguments()),
         }
         done = {"type": "response.output_item.done", "item": item}
-        return [("response.output_item.done", done), _completed(n)]
+        reasoning = _reasoning_events(n, self.reasoning_summary, self.reasoning_content)
+        return [*reasoning, ("response.output_item.done", done), _completed(n, self.usage)]
 
 
 @attrs.define(eq=False)
@@ -240,15 +332,8 @@ def _created(n: int) -> SseEvent:
     return ("response.created", {"type": "response.created", "response": {"id": f"resp-{n}"}})
 
 
-def _completed(n: int) -> SseEvent:
-    usage = {
-        "input_tokens": 42,
-        "input_tokens_details": None,
-        "output_tokens": 0,
-        "output_tokens_details": None,
-        "total_tokens": 42,
-    }
-    response = {"id": f"resp-{n}", "usage": usage}
+def _completed(n: int, usage: Usage = DEFAULT_USAGE) -> SseEvent:
+    response = {"id": f"resp-{n}", "usage": usage.wire()}
     return ("response.completed", {"type": "response.completed", "response": response})
 
 

@@ -28,6 +28,7 @@ from codex_trio._events import (
     ThreadReady,
     TurnCompleted,
 )
+from codex_trio._items import AgentMessageItem
 from codex_trio._settlement import Settlement
 from codex_trio._state import LostThread, SqliteStateStore, StoredSettlement, StoredSubmission
 from codex_trio.cli import Console, LiveView, main
@@ -478,7 +479,7 @@ def test_console_ends_a_streamed_line_before_the_next_line() -> None:
 
 
 def settled(seq: int, text: str) -> SubmissionSettled:
-    return SubmissionSettled(Settlement(seq, f"s{seq}", "completed", "t1", text, generation=1))
+    return SubmissionSettled(Settlement(seq, f"s{seq}", "completed", "t1", text, generation=1), runtime_id="rt")
 
 
 async def test_live_view_streams_deltas_and_shows_notices() -> None:
@@ -489,16 +490,18 @@ async def test_live_view_streams_deltas_and_shows_notices() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(view.run, hub.subscribe())
             for chunk in ("Hel", "lo ", "there"):
-                hub.publish(AgentMessageDelta("t1", "m1", chunk, 1))
-            hub.publish(ItemCompleted("t1", "agentMessage", "m1", {}, 1))
-            hub.publish(TurnCompleted("t1", "completed", "Hello there", None, 1))
+                hub.publish(AgentMessageDelta("t1", "m1", chunk, 1, runtime_id="rt"))
+            hub.publish(
+                ItemCompleted("t1", "agentMessage", "m1", AgentMessageItem("m1", "Hello there"), 1, runtime_id="rt")
+            )
+            hub.publish(TurnCompleted("t1", "completed", "Hello there", None, 1, runtime_id="rt"))
             hub.publish(settled(1, "Hello there"))
             await view.caught_up(1)
-            hub.publish(StatusChanged("degraded", "ready", 1, "killed by SIGKILL"))
-            hub.publish(Restarting(1, 0.5, "killed by SIGKILL", 1))
-            hub.publish(StatusChanged("starting", "degraded", 2))
-            hub.publish(ThreadReady("thread-1", True, 2))
-            hub.publish(StatusChanged("ready", "starting", 2))
+            hub.publish(StatusChanged("degraded", "ready", 1, "killed by SIGKILL", runtime_id="rt"))
+            hub.publish(Restarting(1, 0.5, "killed by SIGKILL", 1, runtime_id="rt"))
+            hub.publish(StatusChanged("starting", "degraded", 2, runtime_id="rt"))
+            hub.publish(ThreadReady("thread-1", True, 2, runtime_id="rt"))
+            hub.publish(StatusChanged("ready", "starting", 2, runtime_id="rt"))
             event = await view.wait_for(lambda e: isinstance(e, StatusChanged) and e.status == "ready")
             assert isinstance(event, StatusChanged) and event.generation == 2
             hub.close()
@@ -521,8 +524,8 @@ async def test_live_view_json_lines_skip_text() -> None:
     with trio.fail_after(GUARD):
         async with trio.open_nursery() as nursery:
             await nursery.start(view.run, hub.subscribe())
-            hub.publish(AgentMessageDelta("t1", "m1", "hidden", 1))
-            hub.publish(Restarting(2, 1.0, "socket closed", 3))
+            hub.publish(AgentMessageDelta("t1", "m1", "hidden", 1, runtime_id="rt"))
+            hub.publish(Restarting(2, 1.0, "socket closed", 3, runtime_id="rt"))
             hub.publish(settled(1, "x"))
             await view.caught_up(1)
             hub.close()
@@ -538,11 +541,11 @@ async def test_live_view_prints_progress_during_a_long_backoff(autojump_clock: t
     with trio.fail_after(60):  # virtual time: the autojump clock skips the sleeps
         async with trio.open_nursery() as nursery:
             await nursery.start(view.run, hub.subscribe())
-            hub.publish(Restarting(3, 4.0, "exited", 1))
+            hub.publish(Restarting(3, 4.0, "exited", 1, runtime_id="rt"))
             await trio.sleep(3.5)  # the backoff is still running: progress lines, once a second
-            hub.publish(StatusChanged("starting", "degraded", 2))
+            hub.publish(StatusChanged("starting", "degraded", 2, runtime_id="rt"))
             await trio.sleep(0.1)
-            hub.publish(StatusChanged("ready", "starting", 2))
+            hub.publish(StatusChanged("ready", "starting", 2, runtime_id="rt"))
             await trio.sleep(10)  # ready: no more progress lines
             hub.close()
     lines = notices.getvalue().splitlines()

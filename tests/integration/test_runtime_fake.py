@@ -628,7 +628,7 @@ async def test_slow_subscriber_lags_but_never_loses_settlements(autojump_clock: 
     assert lagged and sum(e.dropped for e in lagged) == slow.dropped_total > 0
     settled = [e.settlement.source_id for e in seen if isinstance(e, SubmissionSettled)]
     assert settled == [f"m{i}" for i in range(20)]
-    assert seen[-1] == StatusChanged("stopped", "stopping", 1, None)
+    assert seen[-1] == StatusChanged("stopped", "stopping", 1, None, runtime_id="rt")
 
 
 async def test_a_stream_never_read_is_cut_off_and_costs_nothing(autojump_clock: trio.abc.Clock) -> None:

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 import codex_trio
-from codex_trio import ChannelInput, Completion, RuntimeConfig, ServerRequestAnswered
+from codex_trio import ChannelInput, CommandExecutionItem, Completion, RuntimeConfig, ServerRequestAnswered
 from codex_trio.testing import ExecCommand, MockModelServer, Text, write_codex_home
 
 pytestmark = pytest.mark.real_codex
@@ -80,5 +80,5 @@ async def test_command_approval_declined_by_default_through_the_runtime(
     assert settled.outcome == "completed" and settled.text == "ok, not done"
     assert event.method == "item/commandExecution/requestApproval" and event.rejected
     assert not marker.exists()
-    declined = [i for i in settled.items if i.get("type") == "commandExecution"]
-    assert declined and declined[-1]["status"] == "declined"
+    declined = [i for i in settled.items if isinstance(i, CommandExecutionItem)]
+    assert declined and declined[-1].status == "declined"

@@ -115,7 +115,10 @@ async def test_images_by_data_url_and_local_file_reach_the_model(tmp_path: Path)
     assert images[1].startswith("data:image/png;base64,")
     assert base64.b64decode(images[1].split(",", 1)[1])[:8] == PNG[:8]
     assert f'<image name=[Image #2] path="{image}">' in request.input_texts()
-    assert [c["type"] for c in settled.items[0]["content"]] == ["text", "image", "localImage"]
+    user = settled.items[0]  # a userMessage: no record of its own, so its content is in raw
+    content = user.raw["content"]
+    assert user.type == "userMessage" and isinstance(content, list)
+    assert [c["type"] for c in content if isinstance(c, dict)] == ["text", "image", "localImage"]
 
 
 async def test_a_bad_image_or_option_is_invalid_input_and_nothing_is_recorded(tmp_path: Path) -> None:

@@ -89,7 +89,8 @@ from codex_trio._events import (
     TurnCompleted,
     TurnStarted,
 )
-from codex_trio._settlement import Outcome, Settlement, TurnOutcome
+from codex_trio._items import ThreadItem, parse_item
+from codex_trio._settlement import Outcome, Settlement, ThreadLost, TurnOutcome
 from codex_trio._turn_options import TurnOptions
 
 _T = TypeVar("_T")
@@ -144,6 +145,11 @@ def agent_message(text: str, item_id: str = "msg-1") -> dict[str, Any]:
     return {"type": "agentMessage", "id": item_id, "text": text}
 
 
+def agent_item(text: str, item_id: str = "msg-1") -> ThreadItem:
+    """What the core makes of :func:`agent_message`: the typed record."""
+    return parse_item(agent_message(text, item_id))
+
+
 def item_params(turn_id: str, item: dict[str, Any], *, thread: str = THREAD) -> dict[str, Any]:
     return {"threadId": thread, "turnId": turn_id, "item": item}
 
@@ -165,6 +171,7 @@ class Driver:
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("turn_timeout", TURN_TIMEOUT)
         kwargs.setdefault("interrupt_timeout", INTERRUPT_TIMEOUT)
+        kwargs.setdefault("runtime_id", "rt")
         self.core = RuntimeCore(**kwargs)
         self.now = 0.0
 
@@ -364,7 +371,7 @@ class CoreMachine(RuleBasedStateMachine):
 
     def new_life(self) -> None:
         """Forget everything but the store: a new core (a new host, or the same one started again)."""
-        self.core = RuntimeCore(turn_timeout=TURN_TIMEOUT, interrupt_timeout=INTERRUPT_TIMEOUT)
+        self.core = RuntimeCore(runtime_id="rt", turn_timeout=TURN_TIMEOUT, interrupt_timeout=INTERRUPT_TIMEOUT)
         # -- admission model
         self.reqs: list[ModelRequest] = []
         self.by_request: dict[int, ModelRequest] = {}
@@ -383,7 +390,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.sub_gen: dict[int, int | None] = {}
         self.settlements: dict[int, Settlement] = {}
         self.codex_turn_of: dict[int, str] = {}
-        self.thread_lost_info: str | None = None
+        self.thread_lost_info: ThreadLost | None = None
         self.thread_lost_count = 0
         # -- session, and codex's side of it
         self.gen = 0
@@ -419,6 +426,7 @@ class CoreMachine(RuleBasedStateMachine):
         pending = [(*row, self.store_options.get(row[0]), ()) for row in rows if row[0] not in self.delivering]
         in_doubt = [(*row, False, self.store_options.get(row[0]), ()) for row in rows if row[0] in self.delivering]
         self.core = RuntimeCore(
+            runtime_id="rt",
             delivery_mode=self.mode,
             dedup_window=self.window,
             turn_timeout=TURN_TIMEOUT,
@@ -1060,8 +1068,9 @@ class CoreMachine(RuleBasedStateMachine):
 
     def thread_lost(self) -> None:
         self.thread_lost_count += 1
-        self.thread_lost_info = f"lost-{self.thread_lost_count}"
-        self.core.thread_lost(self.thread_lost_info)
+        info = ThreadLost("old", f"lost-{self.thread_lost_count}", "gone", 1, runtime_id="rt")
+        self.thread_lost_info = info
+        self.core.thread_lost(info)
 
     # -- rules: codex --------------------------------------------------------------------------------------------------
 
@@ -1216,7 +1225,7 @@ class CoreMachine(RuleBasedStateMachine):
             "error", error_params(f"Reconnecting... {attempt}/5", turn_id=turn_id, will_retry=True, thread=self.thread)
         )
         assert [a.event for a in of(actions, Publish)] == [
-            CodexRetrying(turn_id, f"Reconnecting... {attempt}/5", attempt, 5, self.gen)
+            CodexRetrying(turn_id, f"Reconnecting... {attempt}/5", attempt, 5, self.gen, runtime_id="rt")
         ]
         assert len(actions) == 1 and self.snapshot() == before
 
@@ -1236,12 +1245,16 @@ class CoreMachine(RuleBasedStateMachine):
         before = self.snapshot()
         if delta:
             params = {"threadId": self.thread, "turnId": "t", "itemId": "m", "delta": "x"}
-            assert self.core.delta(params) == AgentMessageDelta("t", "m", "x", self.gen)  # the engine's fast path
+            assert self.core.delta(params) == AgentMessageDelta(
+                "t", "m", "x", self.gen, runtime_id="rt"
+            )  # the engine's fast path
             actions = self.notify("item/agentMessage/delta", params)
-            assert published(actions, AgentMessageDelta) == [AgentMessageDelta("t", "m", "x", self.gen)]
+            assert published(actions, AgentMessageDelta) == [
+                AgentMessageDelta("t", "m", "x", self.gen, runtime_id="rt")
+            ]
         else:
             actions = self.notify("warning", {"message": "unknown model"})
-            assert published(actions, CodexWarning) == [CodexWarning("unknown model", self.gen)]
+            assert published(actions, CodexWarning) == [CodexWarning("unknown model", self.gen, runtime_id="rt")]
         assert len(actions) == 1 and self.snapshot() == before
 
     def foreign_notification(self, data: st.DataObject) -> None:
@@ -1705,7 +1718,7 @@ def test_inputs_reach_codex_in_order_one_at_a_time() -> None:
     b, actions = d.accept("b")
     assert of(actions, Send) == []  # a turn/steer needs the turn id the turn/start answers with
     actions = d.answer(send_a, "t1")
-    assert published(actions, TurnStarted) == [TurnStarted("t1", 1)]
+    assert published(actions, TurnStarted) == [TurnStarted("t1", 1, runtime_id="rt")]
     send_b = one(actions, Send)
     assert (send_b.method, send_b.expected_turn_id, send_b.submission) == ("turn/steer", "t1", b)
     d.answer(send_b, "t1")
@@ -1714,11 +1727,10 @@ def test_inputs_reach_codex_in_order_one_at_a_time() -> None:
     d.notify("item/completed", item_params("t1", agent_message("done")))
     actions = d.completed("t1")
     assert settled(actions) == [
-        Settlement(sub.seq, sub.source_id, "completed", "t1", "done", (agent_message("done"),), None, 1)
-        for sub in (a, b)
+        Settlement(sub.seq, sub.source_id, "completed", "t1", "done", (agent_item("done"),), None, 1) for sub in (a, b)
     ]
     assert all(s.persist for s in of(actions, Settle))
-    assert published(actions, TurnCompleted) == [TurnCompleted("t1", "completed", "done", None, 1)]
+    assert published(actions, TurnCompleted) == [TurnCompleted("t1", "completed", "done", None, 1, runtime_id="rt")]
     assert d.core.open_turns() == [] and d.core.next_deadline() == math.inf
 
 
@@ -1742,7 +1754,7 @@ def test_turn_completed_before_the_turn_start_answer() -> None:
     d.notify("item/completed", item_params("t1", agent_message("early")))  # a turn we do not know yet
     actions = d.completed("t1")
     assert settled(actions) == [] and of(actions, Send) == []
-    assert published(actions, TurnCompleted) == [TurnCompleted("t1", "completed", "early", None, 1)]
+    assert published(actions, TurnCompleted) == [TurnCompleted("t1", "completed", "early", None, 1, runtime_id="rt")]
     actions = d.answer(send, "t1")  # now codex says which turn it was
     (settlement,) = settled(actions)
     assert (settlement.seq, settlement.outcome, settlement.turn_id, settlement.text) == (
@@ -1776,7 +1788,7 @@ def test_items_that_arrive_before_the_turn_is_known_count() -> None:
     d.answer(one(actions, Send), "t1")
     (settlement,) = settled(d.completed("t1"))
     assert (settlement.seq, settlement.text) == (a.seq, "second")
-    assert settlement.items == (agent_message("first", "m1"), agent_message("second", "m2"))
+    assert settlement.items == (agent_item("first", "m1"), agent_item("second", "m2"))
 
 
 def test_the_turns_own_items_are_used_when_none_were_notified() -> None:
@@ -1864,9 +1876,11 @@ def test_a_fatal_error_ends_the_turn_and_queue_mode_moves_on_at_once() -> None:
     b, actions = d.accept("b")
     assert of(actions, Send) == []
     actions = d.notify("error", error_params("usage limit reached", turn_id="t1"))
-    assert published(actions, CodexError) == [CodexError("t1", "usage limit reached", 1)]
+    assert published(actions, CodexError) == [CodexError("t1", "usage limit reached", 1, runtime_id="rt")]
     assert [(s.seq, s.outcome, s.error) for s in settled(actions)] == [(a.seq, "failed", "usage limit reached")]
-    assert published(actions, TurnCompleted) == [TurnCompleted("t1", "failed", None, "usage limit reached", 1)]
+    assert published(actions, TurnCompleted) == [
+        TurnCompleted("t1", "failed", None, "usage limit reached", 1, runtime_id="rt")
+    ]
     assert one(actions, Send).submission is b  # no waiting for a turn/completed that may never come
 
 
@@ -1876,7 +1890,7 @@ def test_a_fatal_error_without_a_turn_id_ends_the_newest_turn() -> None:
     d.started("t0")
     a = d.running("a", "t1")
     actions = d.notify("error", error_params("stream disconnected"))
-    assert published(actions, CodexError) == [CodexError("t1", "stream disconnected", 1)]
+    assert published(actions, CodexError) == [CodexError("t1", "stream disconnected", 1, runtime_id="rt")]
     assert [s.seq for s in settled(actions)] == [a.seq]
     assert d.core.open_turns() == ["t0"]
 
@@ -1884,7 +1898,9 @@ def test_a_fatal_error_without_a_turn_id_ends_the_newest_turn() -> None:
 def test_a_fatal_error_with_no_turn_open_is_only_published() -> None:
     d = Driver()
     d.up()
-    assert d.notify("error", error_params("login required")) == [Publish(CodexError(None, "login required", 1))]
+    assert d.notify("error", error_params("login required")) == [
+        Publish(CodexError(None, "login required", 1, runtime_id="rt"))
+    ]
 
 
 def test_a_fatal_error_before_the_turn_start_answer_fails_the_input_on_the_answer() -> None:
@@ -1916,7 +1932,7 @@ def test_a_retried_error_is_published_with_its_attempt_and_changes_nothing(
     d = Driver()
     a = d.running("a", "t1")
     actions = d.notify("error", error_params(message, turn_id="t1", will_retry=True))
-    assert actions == [Publish(CodexRetrying("t1", message, attempt, max_attempts, 1))]
+    assert actions == [Publish(CodexRetrying("t1", message, attempt, max_attempts, 1, runtime_id="rt"))]
     assert d.core.open_turns() == ["t1"] and a.state == "sent"
 
 
@@ -1940,11 +1956,15 @@ def test_the_retry_limit_fails_the_turn_with_codex_words_and_interrupts_it() -> 
     assert of(actions, Settle)[0].persist
     interrupt = one(actions, Interrupt)
     assert interrupt.turn_id == "t1" and d.core.next_deadline() == 10.0 + INTERRUPT_TIMEOUT
-    assert retry(d, 12.0, "Reconnecting... 4/5") == [Publish(CodexRetrying("t1", "Reconnecting... 4/5", 4, 5, 1))]
+    assert retry(d, 12.0, "Reconnecting... 4/5") == [
+        Publish(CodexRetrying("t1", "Reconnecting... 4/5", 4, 5, 1, runtime_id="rt"))
+    ]
     d.interrupt_answered(interrupt, accepted=True)
     actions = d.completed("t1", "interrupted")
     assert settled(actions) == []  # settled once, by the give-up
-    assert published(actions, TurnCompleted) == [TurnCompleted("t1", "failed", None, settlement.error, 1)]
+    assert published(actions, TurnCompleted) == [
+        TurnCompleted("t1", "failed", None, settlement.error, 1, runtime_id="rt")
+    ]
 
 
 def test_the_retry_timeout_is_armed_by_the_second_notice_and_fires_on_the_tick() -> None:
@@ -2008,7 +2028,7 @@ def test_a_retry_notice_without_a_turn_id_counts_for_the_newest_turn() -> None:
     (settlement,) = settled(retry(d, 2.0, turn_id=None))
     assert settlement.seq == a.seq and d.core.open_turns() == ["t0", "t1"]
     assert retry(d, 3.0, turn_id=None) == [
-        Publish(CodexRetrying(None, "Reconnecting... waiting for network", None, None, 1))
+        Publish(CodexRetrying(None, "Reconnecting... waiting for network", None, None, 1, runtime_id="rt"))
     ]  # given up once: later notices are only published
 
 
@@ -2023,12 +2043,16 @@ def test_without_bounds_the_core_only_publishes_retries() -> None:
 def test_warnings_and_deltas_are_published() -> None:
     d = Driver()
     d.up()
-    assert d.notify("warning", {"message": "unknown model"}) == [Publish(CodexWarning("unknown model", 1))]
+    assert d.notify("warning", {"message": "unknown model"}) == [
+        Publish(CodexWarning("unknown model", 1, runtime_id="rt"))
+    ]
     assert d.notify("warning", {"message": 3}) == []
     delta = {"threadId": THREAD, "turnId": "t1", "itemId": "m1", "delta": "Hel"}
-    assert d.notify("item/agentMessage/delta", delta) == [Publish(AgentMessageDelta("t1", "m1", "Hel", 1))]
+    assert d.notify("item/agentMessage/delta", delta) == [
+        Publish(AgentMessageDelta("t1", "m1", "Hel", 1, runtime_id="rt"))
+    ]
     started = d.notify("item/started", item_params("t1", agent_message("")))
-    assert started == [Publish(ItemStarted("t1", "agentMessage", "msg-1", agent_message(""), 1))]
+    assert started == [Publish(ItemStarted("t1", "agentMessage", "msg-1", agent_item(""), 1, runtime_id="rt"))]
 
 
 def test_the_delta_fast_path_returns_the_event_and_changes_nothing() -> None:
@@ -2037,8 +2061,10 @@ def test_the_delta_fast_path_returns_the_event_and_changes_nothing() -> None:
     assert d.core.delta(params) is None  # no session
     d.running("a", "t1")
     stats = d.core.statistics()
-    assert d.core.delta(params) == AgentMessageDelta("t1", "m1", "Hel", 1)
-    assert d.core.delta({"delta": "lo"}) == AgentMessageDelta("", "", "lo", 1)  # what is missing is empty
+    assert d.core.delta(params) == AgentMessageDelta("t1", "m1", "Hel", 1, runtime_id="rt")
+    assert d.core.delta({"delta": "lo"}) == AgentMessageDelta(
+        "", "", "lo", 1, runtime_id="rt"
+    )  # what is missing is empty
     assert d.core.delta({**params, "threadId": FOREIGN}) is None
     assert d.core.delta([params]) is None
     assert d.take() == [] and d.core.statistics() == stats
@@ -2132,7 +2158,9 @@ def test_a_stray_turn_gets_a_deadline_is_interrupted_and_does_not_wedge_queue_mo
     d = Driver(delivery_mode="queue")
     d.up()
     d.now = 5.0
-    assert published(d.started("stray"), TurnStarted) == [TurnStarted("stray", 1)]  # nobody here started it
+    assert published(d.started("stray"), TurnStarted) == [
+        TurnStarted("stray", 1, runtime_id="rt")
+    ]  # nobody here started it
     assert d.core.next_deadline() == 5.0 + TURN_TIMEOUT
     a, actions = d.accept("a")
     assert of(actions, Send) == []  # queue mode waits for the open turn
@@ -2144,7 +2172,7 @@ def test_a_stray_turn_gets_a_deadline_is_interrupted_and_does_not_wedge_queue_mo
     assert d.core.next_deadline() == 5.0 + TURN_TIMEOUT + INTERRUPT_TIMEOUT
     actions = d.interrupt_answered(interrupt, accepted=False, error="no active turn to interrupt")
     message = f"turn stray exceeded its {TURN_TIMEOUT:g}s deadline and was interrupted"
-    assert published(actions, TurnCompleted) == [TurnCompleted("stray", "failed", None, message, 1)]
+    assert published(actions, TurnCompleted) == [TurnCompleted("stray", "failed", None, message, 1, runtime_id="rt")]
     assert one(actions, Send).submission is a
 
 
@@ -2181,7 +2209,7 @@ def test_a_turn_past_its_deadline_fails_its_inputs_and_is_interrupted() -> None:
     d.interrupt_answered(interrupt, accepted=True)
     actions = d.completed("t1", "interrupted")
     assert settled(actions) == []  # already settled by the deadline, once
-    assert published(actions, TurnCompleted) == [TurnCompleted("t1", "failed", None, message, 1)]
+    assert published(actions, TurnCompleted) == [TurnCompleted("t1", "failed", None, message, 1, runtime_id="rt")]
     assert one(actions, Send).submission is c
 
 
@@ -2328,7 +2356,9 @@ def test_late_answers_of_a_lost_session_change_nothing() -> None:
     assert one(d.up(), Send).submission is c
     assert d.answer(steer, "t1") == [] and d.answer(steer, refused="late") == []
     assert d.interrupt_answered(interrupt, accepted=False) == []
-    assert d.completed("t1") == [Publish(TurnCompleted("t1", "completed", None, None, 2))]  # the new session's view
+    assert d.completed("t1") == [
+        Publish(TurnCompleted("t1", "completed", None, None, 2, runtime_id="rt"))
+    ]  # the new session's view
     assert c.state == "sending"
 
 
@@ -2356,7 +2386,7 @@ def test_turn_started_then_the_answer_open_the_turn_once() -> None:
     d = Driver()
     d.up()
     a, actions = d.accept("a")
-    assert published(d.started("t1"), TurnStarted) == [TurnStarted("t1", 1)]
+    assert published(d.started("t1"), TurnStarted) == [TurnStarted("t1", 1, runtime_id="rt")]
     assert published(d.answer(one(actions, Send), "t1"), TurnStarted) == []
     assert d.core.open_turns() == ["t1"] and a.turn_id == "t1"
 
@@ -2375,9 +2405,10 @@ def test_a_lost_thread_is_reported_on_the_next_settlement_only() -> None:
     a = d.running("a", "t1")
     b, actions = d.accept("b")
     d.answer(one(actions, Send), "t1")
-    d.core.thread_lost("the old thread could not be resumed")
+    lost = ThreadLost("t-old", THREAD, "the old thread could not be resumed", 1, runtime_id="rt")
+    d.core.thread_lost(lost)
     first, second = settled(d.completed("t1"))
-    assert (first.seq, first.thread_lost) == (a.seq, "the old thread could not be resumed")
+    assert (first.seq, first.thread_lost) == (a.seq, lost)
     assert (second.seq, second.thread_lost) == (b.seq, None)
 
 
@@ -2687,13 +2718,13 @@ def test_a_turn_keeps_its_newest_items() -> None:
         d.notify("item/completed", item_params("t1", agent_message(f"m{n}", f"i{n}")))
     (settlement,) = settled(d.completed("t1"))
     assert len(settlement.items) == bound
-    assert (settlement.items[0]["id"], settlement.items[-1]["id"]) == ("i5", f"i{bound + 4}")
+    assert (settlement.items[0].id, settlement.items[-1].id) == ("i5", f"i{bound + 4}")
     assert settlement.text == f"m{bound + 4}"
 
 
 def test_outcome_of_a_finished_turn() -> None:
     turn = p.Turn("t1", "completed", [p.Item("agentMessage", "m1", agent_message("done", "m1"))])
-    assert outcome_of(turn, turn.items) == TurnOutcome("completed", "t1", "done", (agent_message("done", "m1"),))
+    assert outcome_of(turn, turn.items) == TurnOutcome("completed", "t1", "done", (agent_item("done", "m1"),))
     failed = p.Turn("t2", "failed", error=p.TurnError("quota"))
     assert outcome_of(failed, []) == TurnOutcome("failed", "t2", None, (), "quota")
 

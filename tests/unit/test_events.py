@@ -24,31 +24,33 @@ from codex_trio._events import (
     TurnCompleted,
     TurnStarted,
 )
+from codex_trio._items import AgentMessageItem
 from codex_trio._settlement import Settlement
 
 DROPPABLE: list[Event] = [
-    AgentMessageDelta("t1", "msg-1", "Hello ", 1),
-    ItemStarted("t1", "agentMessage", "msg-1", {"type": "agentMessage"}, 1),
-    ItemCompleted("t1", "agentMessage", "msg-1", {"type": "agentMessage", "text": "hi"}, 1),
+    AgentMessageDelta("t1", "msg-1", "Hello ", 1, runtime_id="rt"),
+    ItemStarted("t1", "agentMessage", "msg-1", AgentMessageItem("msg-1", ""), 1, runtime_id="rt"),
+    ItemCompleted("t1", "agentMessage", "msg-1", AgentMessageItem("msg-1", "hi"), 1, runtime_id="rt"),
 ]
 NEVER_DROPPED: list[Event] = [
-    StatusChanged("ready", "starting", 1),
-    ThreadReady("th-1", False, 1),
-    ThreadLost("th-0", "th-1", "thread/resume failed", 2),
-    Restarting(1, 0.5, "child exited", 1),
-    TurnStarted("t1", 1),
-    TurnCompleted("t1", "completed", "hi", None, 1),
-    SubmissionSettled(Settlement(1, "a", "completed", "t1", "hi")),
-    ServerRequestAnswered("item/tool/call", True, "unsupported", 1),
+    StatusChanged("ready", "starting", 1, runtime_id="rt"),
+    ThreadReady("th-1", False, 1, runtime_id="rt"),
+    ThreadLost("th-0", "th-1", "thread/resume failed", 2, runtime_id="rt"),
+    Restarting(1, 0.5, "child exited", 1, runtime_id="rt"),
+    TurnStarted("t1", 1, runtime_id="rt"),
+    TurnCompleted("t1", "completed", "hi", None, 1, runtime_id="rt"),
+    SubmissionSettled(Settlement(1, "a", "completed", "t1", "hi"), runtime_id="rt"),
+    ServerRequestAnswered("item/tool/call", True, "unsupported", 1, runtime_id="rt"),
 ]
 
 
 def delta(n: int) -> AgentMessageDelta:
-    return AgentMessageDelta("t1", "msg-1", f"d{n}", 1)
+    return AgentMessageDelta("t1", "msg-1", f"d{n}", 1, runtime_id="rt")
 
 
 def status(n: int) -> StatusChanged:
-    return StatusChanged(f"s{n}", "previous", 1)
+    # The error text tells them apart: statuses are few.
+    return StatusChanged("ready", "starting", 1, f"s{n}", runtime_id="rt")
 
 
 async def drain(stream: EventStream) -> list[Event]:
@@ -61,7 +63,7 @@ async def test_publish_reaches_every_subscriber_in_order() -> None:
     hub = EventHub(capacity=8)
     first, second = hub.subscribe(), hub.subscribe()
     assert hub.subscriber_count == 2
-    events: list[Event] = [status(1), delta(1), TurnStarted("t1", 1)]
+    events: list[Event] = [status(1), delta(1), TurnStarted("t1", 1, runtime_id="rt")]
     for event in events:
         hub.publish(event)
     hub.close()
