@@ -582,7 +582,7 @@ def merge_events(*sources: EventHub | _HasHub, capacity: int | None = None) -> E
     """
     hubs: list[EventHub] = []
     for source in sources:
-        hub = source if isinstance(source, EventHub) else source.hub
+        hub = source if isinstance(source, EventHub) else getattr(source, "hub", None)
         if not isinstance(hub, EventHub):
             raise TypeError(f"merge_events() takes runtimes or EventHubs (got {type(source).__name__})")
         if all(hub is not seen for seen in hubs):

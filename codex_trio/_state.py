@@ -562,11 +562,14 @@ class MemoryStateStore:
 
     def settle_now(self, runtime_id: str, settlement: StoredSettlement, *, keep: int = 1000) -> None:
         rt = self._writer(runtime_id)
+        usage = settlement.runtime_usage
+        if usage is not None:
+            # The runtime's figure goes to its record; the history keeps the settlement alone (as SQLite does).
+            rt.record = attrs.evolve(rt.record, token_usage=usage)
+            settlement = attrs.evolve(settlement, runtime_usage=None)
         rt.settlements.append(settlement)
         del rt.settlements[: max(0, len(rt.settlements) - max(0, keep))]
         rt.pending.pop(settlement.seq, None)
-        if settlement.runtime_usage is not None:
-            rt.record = attrs.evolve(rt.record, token_usage=settlement.runtime_usage)
 
     async def delivering(self, runtime_id: str, seq: int, *, steered: bool = False) -> None:
         await _atomically(lambda: self.delivering_now(runtime_id, seq, steered=steered))

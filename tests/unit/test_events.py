@@ -9,12 +9,25 @@ import trio.testing
 from codex_trio._errors import EventStreamOverflow
 from codex_trio._events import (
     AgentMessageDelta,
+    CommandOutputDelta,
     Event,
     EventHub,
     EventStream,
+    FileChangeOutputDelta,
+    FileChangePatchUpdated,
     ItemCompleted,
     ItemStarted,
     Lagged,
+    McpToolCallProgress,
+    PlanDelta,
+    PlanStep,
+    PlanUpdated,
+    ReasoningSummaryDelta,
+    ReasoningSummaryPartAdded,
+    ReasoningTextDelta,
+    TokenUsageUpdated,
+    TurnDiffUpdated,
+    merge_events,
     Restarting,
     ServerRequestAnswered,
     StatusChanged,
@@ -26,13 +39,27 @@ from codex_trio._events import (
 )
 from codex_trio._items import AgentMessageItem
 from codex_trio._settlement import Settlement
+from codex_trio._usage import TokenUsage
 
 DROPPABLE: list[Event] = [
     AgentMessageDelta("t1", "msg-1", "Hello ", 1, runtime_id="rt"),
     ItemStarted("t1", "agentMessage", "msg-1", AgentMessageItem("msg-1", ""), 1, runtime_id="rt"),
     ItemCompleted("t1", "agentMessage", "msg-1", AgentMessageItem("msg-1", "hi"), 1, runtime_id="rt"),
 ]
+DROPPABLE += [
+    ReasoningSummaryDelta("t1", "rs-1", 0, "Thinking", 1, runtime_id="rt"),
+    ReasoningSummaryPartAdded("t1", "rs-1", 1, 1, runtime_id="rt"),
+    ReasoningTextDelta("t1", "rs-1", 0, "raw", 1, runtime_id="rt"),
+    CommandOutputDelta("t1", "c1", "out", 1, runtime_id="rt"),
+    FileChangeOutputDelta("t1", "f1", "out", 1, runtime_id="rt"),
+    FileChangePatchUpdated("t1", "f1", (), 1, runtime_id="rt"),
+    PlanDelta("t1", "p1", "1.", 1, runtime_id="rt"),
+    McpToolCallProgress("t1", "m1", "50%", 1, runtime_id="rt"),
+]
 NEVER_DROPPED: list[Event] = [
+    PlanUpdated("t1", None, (PlanStep("read", "pending"),), 1, runtime_id="rt"),
+    TurnDiffUpdated("t1", "diff", 1, runtime_id="rt"),
+    TokenUsageUpdated("t1", TokenUsage(1), TokenUsage(1), None, 1, runtime_id="rt"),
     StatusChanged("ready", "starting", 1, runtime_id="rt"),
     ThreadReady("th-1", False, 1, runtime_id="rt"),
     ThreadLost("th-0", "th-1", "thread/resume failed", 2, runtime_id="rt"),
@@ -322,3 +349,87 @@ async def test_stream_close_discards_what_was_buffered() -> None:
     stream.close()
     with trio.fail_after(5), pytest.raises(trio.EndOfChannel):
         await stream.receive()
+
+
+# == merged streams and shared hubs ================================================================================
+
+
+def rt_status(runtime_id: str, n: int) -> StatusChanged:
+    return StatusChanged("ready", "starting", 1, f"{runtime_id}-{n}", runtime_id=runtime_id)
+
+
+async def test_merge_events_interleaves_several_hubs_in_publish_order() -> None:
+    one, two = EventHub(), EventHub()
+    merged = merge_events(one, two)
+    assert one.subscriber_count == two.subscriber_count == 1
+    published = [rt_status("a", 1), rt_status("b", 1), rt_status("a", 2), rt_status("b", 2)]
+    for event in published:
+        (one if event.runtime_id == "a" else two).publish(event)
+    one.close()
+    assert [await merged.receive() for _ in published] == published
+    with trio.move_on_after(0.1) as scope:  # one hub is still open: the stream waits for more
+        await merged.receive()
+    assert scope.cancelled_caught
+    two.close()
+    assert await drain(merged) == []
+
+
+async def test_a_merged_stream_ends_only_when_every_hub_closed() -> None:
+    one, two = EventHub(), EventHub()
+    merged = merge_events(one, two)
+    one.publish(rt_status("a", 1))
+    one.close()
+    two.publish(rt_status("b", 1))
+    two.close()
+    assert await drain(merged) == [rt_status("a", 1), rt_status("b", 1)]
+
+
+async def test_merge_counts_a_shared_hub_once_and_accepts_closed_hubs() -> None:
+    class Source:
+        def __init__(self, hub: EventHub) -> None:
+            self.hub = hub
+
+    shared, closed = EventHub(), EventHub()
+    closed.close()
+    merged = merge_events(Source(shared), shared, Source(shared), closed)
+    shared.publish(rt_status("a", 1))
+    shared.close()
+    assert await drain(merged) == [rt_status("a", 1)]
+    assert await drain(merge_events(closed)) == []
+
+
+async def test_merge_events_refuses_what_is_not_a_source() -> None:
+    with pytest.raises(TypeError, match="at least one"):
+        merge_events()
+    with pytest.raises(TypeError, match="runtimes or EventHubs"):
+        merge_events(object())  # type: ignore[arg-type]
+
+
+async def test_a_merged_stream_keeps_the_bounded_rules_and_leaves_every_hub() -> None:
+    one, two = EventHub(capacity=2), EventHub(capacity=2)
+    merged = merge_events(one, two)
+    for n in range(3):
+        one.publish(delta(n))
+    two.publish(rt_status("b", 1))
+    assert await merged.receive() == Lagged(1)  # the delta that found the buffer full, said first
+    assert [await merged.receive() for _ in range(3)] == [delta(0), delta(1), rt_status("b", 1)]
+    for n in range(5):  # undroppable past twice the buffer: cut off
+        two.publish(rt_status("b", n + 2))
+    assert one.subscriber_count == two.subscriber_count == 0
+    with pytest.raises(EventStreamOverflow):
+        await merged.receive()
+
+
+async def test_closing_a_merged_stream_leaves_every_hub() -> None:
+    one, two = EventHub(), EventHub()
+    async with merge_events(one, two):
+        assert one.subscriber_count == two.subscriber_count == 1
+    assert one.subscriber_count == two.subscriber_count == 0
+
+
+async def test_hub_close_is_idempotent_and_an_async_context_manager() -> None:
+    async with EventHub() as hub:
+        stream = hub.subscribe()
+    assert hub.closed
+    hub.close()
+    assert await drain(stream) == []
