@@ -27,6 +27,7 @@ from codex_trio._events import (
     TurnDiffUpdated,
 )
 from codex_trio._items import CommandExecutionItem, FileUpdate, ReasoningItem
+from codex_trio._json import JsonObject
 from codex_trio._usage import TokenUsage
 from tests.unit.test_core import THREAD, Driver, agent_message, item_params, of, one, published, settled
 
@@ -122,7 +123,7 @@ def test_a_streamed_notification_of_another_thread_or_malformed_is_dropped(
 def test_items_are_typed_on_the_events_and_the_settlement() -> None:
     d = Driver()
     sub = d.running("a", "t1")
-    command = {
+    command: JsonObject = {
         "type": "commandExecution",
         "id": "c1",
         "command": "ls",
@@ -133,7 +134,7 @@ def test_items_are_typed_on_the_events_and_the_settlement() -> None:
     (started,) = published(d.notify("item/started", item_params("t1", command)), ItemStarted)
     assert isinstance(started.item, CommandExecutionItem) and started.item.status == "inProgress"
     assert started.runtime_id == "rt"
-    done = {**command, "status": "completed", "exitCode": 0, "aggregatedOutput": "x\n", "durationMs": 3}
+    done: JsonObject = {**command, "status": "completed", "exitCode": 0, "aggregatedOutput": "x\n", "durationMs": 3}
     (completed,) = published(d.notify("item/completed", item_params("t1", done)), ItemCompleted)
     assert completed.item == CommandExecutionItem("c1", "ls", "/w", "completed", 0, "x\n", 3, done)
     d.notify("item/completed", item_params("t1", {"type": "reasoning", "id": "r1", "summary": ["s"]}))

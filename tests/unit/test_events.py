@@ -25,17 +25,17 @@ from codex_trio._events import (
     ReasoningSummaryDelta,
     ReasoningSummaryPartAdded,
     ReasoningTextDelta,
-    TokenUsageUpdated,
-    TurnDiffUpdated,
-    merge_events,
     Restarting,
     ServerRequestAnswered,
     StatusChanged,
     SubmissionSettled,
     ThreadLost,
     ThreadReady,
+    TokenUsageUpdated,
     TurnCompleted,
+    TurnDiffUpdated,
     TurnStarted,
+    merge_events,
 )
 from codex_trio._items import AgentMessageItem
 from codex_trio._settlement import Settlement

@@ -117,7 +117,7 @@ def test_the_type_is_readable_on_every_record() -> None:
         {**COMMAND, "exitCode": "0"},
         {**COMMAND, "exitCode": True},  # a bool is not an exit code
         {k: v for k, v in COMMAND.items() if k != "cwd"},  # a required field missing
-        {**REASONING, "summary": ["ok", 2]},
+        {**REASONING, "summary": ["ok", 2]},  # type: ignore[dict-item]  # mypy infers list[str | int]
         {**FILE_CHANGE, "changes": [{"path": "a", "kind": "add", "diff": ""}]},  # kind must be an object
         {**MCP, "error": "a string"},
         {**MCP, "result": [1]},

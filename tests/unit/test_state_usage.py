@@ -11,7 +11,10 @@ import trio
 from codex_trio._recovery import load
 from codex_trio._state import SCHEMA_VERSION, SqliteStateStore, StoredSettlement, StoredSubmission
 from codex_trio._usage import TokenUsage
-from tests.unit.test_state import GUARD, Harness, _make_v1_db, harness  # noqa: F401 - the fixture
+from tests.unit import test_state
+from tests.unit.test_state import GUARD, Harness, _make_v1_db
+
+harness = test_state.harness  # the fixture: each test runs on both stores
 
 USAGE = TokenUsage(
     input_tokens=300, cached_input_tokens=70, output_tokens=15, reasoning_output_tokens=4, total_tokens=315
