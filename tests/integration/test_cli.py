@@ -530,7 +530,14 @@ async def test_live_view_json_lines_skip_text() -> None:
             await view.caught_up(1)
             hub.close()
     (line,) = out.getvalue().splitlines()
-    expected = {"type": "restarting", "attempt": 2, "delay": 1.0, "cause": "socket closed", "generation": 3}
+    expected = {
+        "type": "restarting",
+        "attempt": 2,
+        "delay": 1.0,
+        "cause": "socket closed",
+        "generation": 3,
+        "runtime_id": "rt",
+    }
     assert json.loads(line) == expected
 
 

@@ -268,7 +268,7 @@ async def test_status_transitions_are_published_and_persisted(autojump_clock: tr
     assert [e.generation for e in status_events[:3]] == [1, 2, 2]
     assert status_events[0].error is not None and "SIGKILL" in status_events[0].error
     ready = [e for e in seen if isinstance(e, ThreadReady)]
-    assert ready == [ThreadReady(first_thread, True, 2)]
+    assert ready == [ThreadReady(first_thread, True, 2, runtime_id="rt-test")]
     # The store saw every transition, with the original's extras.
     persisted = [s for s, _ in store.statuses]
     assert persisted == ["starting", "ready", "degraded", "starting", "ready", "stopping", "stopped"]
@@ -628,7 +628,7 @@ async def test_slow_subscriber_lags_but_never_loses_settlements(autojump_clock: 
     assert lagged and sum(e.dropped for e in lagged) == slow.dropped_total > 0
     settled = [e.settlement.source_id for e in seen if isinstance(e, SubmissionSettled)]
     assert settled == [f"m{i}" for i in range(20)]
-    assert seen[-1] == StatusChanged("stopped", "stopping", 1, None, runtime_id="rt")
+    assert seen[-1] == StatusChanged("stopped", "stopping", 1, None, runtime_id="rt-test")
 
 
 async def test_a_stream_never_read_is_cut_off_and_costs_nothing(autojump_clock: trio.abc.Clock) -> None:
