@@ -27,7 +27,7 @@ class ThreadLost:
     new_thread_id: str
     reason: str
     generation: int
-    runtime_id: str = attrs.field(kw_only=True)
+    runtime_id: str
 
 
 @attrs.frozen
