@@ -9,6 +9,8 @@ app's hub attached before ``open_runtime`` sees the first start (starting -> rea
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -40,6 +42,7 @@ from codex_trio import (
     merge_events,
     open_runtime,
 )
+from codex_trio._core import STREAM_METHODS
 from codex_trio._runtime import Runtime
 from codex_trio._state import StateStore
 from codex_trio.testing import ExecCommand, MockModelServer, Text, Usage, write_codex_home
@@ -217,3 +220,55 @@ async def test_two_runtimes_one_stream_and_a_subscriber_before_the_first_start(t
             stops = [e async for e in early]
             assert ("rt-a", "stopped") in {(e.runtime_id, e.status) for e in stops if isinstance(e, StatusChanged)}
         assert not model.errors
+
+
+# What the parsers read of each item kind, and of each notification the core turns into an event: held to the
+# schema the pinned codex generates, so that a renamed field fails here rather than turning items into OtherItem.
+ITEM_FIELDS: dict[str, set[str]] = {
+    "agentMessage": {"id", "text", "phase"},
+    "reasoning": {"id", "summary", "content"},
+    "commandExecution": {"id", "command", "cwd", "status", "exitCode", "aggregatedOutput", "durationMs"},
+    "fileChange": {"id", "changes", "status"},
+    "mcpToolCall": {"id", "server", "tool", "status", "arguments", "result", "error", "durationMs"},
+    "webSearch": {"id", "query"},
+    "plan": {"id", "text"},
+}
+NOTIFICATION_FIELDS: dict[str, set[str]] = {
+    "item/reasoning/summaryTextDelta": {"turnId", "itemId", "summaryIndex", "delta"},
+    "item/reasoning/summaryPartAdded": {"turnId", "itemId", "summaryIndex"},
+    "item/reasoning/textDelta": {"turnId", "itemId", "contentIndex", "delta"},
+    "item/commandExecution/outputDelta": {"turnId", "itemId", "delta"},
+    "item/fileChange/outputDelta": {"turnId", "itemId", "delta"},
+    "item/fileChange/patchUpdated": {"turnId", "itemId", "changes"},
+    "turn/plan/updated": {"turnId", "explanation", "plan"},
+    "item/plan/delta": {"turnId", "itemId", "delta"},
+    "item/mcpToolCall/progress": {"turnId", "itemId", "message"},
+    "turn/diff/updated": {"turnId", "diff"},
+    "thread/tokenUsage/updated": {"turnId", "tokenUsage"},
+}
+
+
+def test_the_fields_read_are_the_pinned_schemas(tmp_path: Path) -> None:
+    assert set(NOTIFICATION_FIELDS) == STREAM_METHODS | {"thread/tokenUsage/updated"}
+    proc = subprocess.run(
+        [require_codex_bin(), "app-server", "generate-json-schema", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads((tmp_path / "ServerNotification.json").read_text())
+    definitions = doc["definitions"]
+    methods = {}
+    for variant in doc["oneOf"]:
+        ref = variant["properties"]["params"]["$ref"].rsplit("/", 1)[-1]
+        methods[variant["properties"]["method"]["enum"][0]] = definitions[ref]
+    for method, fields in NOTIFICATION_FIELDS.items():
+        assert fields <= set(methods[method]["properties"]), method
+    kinds = {v["properties"]["type"]["enum"][0]: v for v in definitions["ThreadItem"]["oneOf"]}
+    for kind, fields in ITEM_FIELDS.items():
+        assert fields <= set(kinds[kind]["properties"]), kind
+    usage = definitions["TokenUsageBreakdown"]["properties"]
+    assert {"inputTokens", "cachedInputTokens", "outputTokens", "reasoningOutputTokens", "totalTokens"} <= set(usage)
+    change = definitions["FileUpdateChange"]["properties"]
+    assert {"path", "kind", "diff"} <= set(change)
