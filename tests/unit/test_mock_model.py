@@ -25,6 +25,7 @@ from codex_trio.testing._mock_model import (
     MockModelServer,
     RawEvents,
     Text,
+    Usage,
     codex_config_toml,
     write_codex_home,
 )
@@ -100,12 +101,12 @@ def test_text_with_explicit_deltas_gives_the_exact_events_in_order(model: MockMo
     model.enqueue(Text("Hello world!", deltas=["Hello ", "world", "!"]))
     events = post_events(model)
     message = {"type": "message", "role": "assistant", "id": "msg-1"}
-    usage = {
+    usage = {  # DEFAULT_USAGE
         "input_tokens": 42,
-        "input_tokens_details": None,
-        "output_tokens": 0,
-        "output_tokens_details": None,
-        "total_tokens": 42,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 7,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 49,
     }
     assert events == [
         ("response.created", {"type": "response.created", "response": {"id": "resp-1"}}),
@@ -510,3 +511,45 @@ def test_codex_version_runs_the_binary(tmp_path: Path) -> None:
         _real_codex.codex_version(fake_binary(tmp_path / "bad", "echo broken >&2; exit 3"))
     with pytest.raises(ProcessError, match="could not run"):
         _real_codex.codex_version(str(tmp_path / "missing"))
+
+
+def test_reasoning_streams_before_the_text_and_usage_is_the_steps(model: MockModelServer) -> None:
+    usage = Usage(input_tokens=100, output_tokens=10, cached_input_tokens=20, reasoning_output_tokens=3)
+    model.enqueue(
+        Text("Done.", deltas=0, reasoning_summary=["Think it", "over"], reasoning_content=["raw"], usage=usage)
+    )
+    events = post_events(model)
+    kinds = [kind for kind, _ in events]
+    assert kinds == [
+        "response.created",
+        "response.output_item.added",  # the reasoning item
+        "response.reasoning_summary_part.added",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_summary_part.added",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_text.delta",
+        "response.output_item.done",
+        "response.output_item.added",  # the message
+        "response.output_item.done",
+        "response.completed",
+    ]
+    summary = [d["delta"] for k, d in events if k == "response.reasoning_summary_text.delta"]
+    assert summary == ["Think ", "it", "over"]
+    assert [d["summary_index"] for k, d in events if k == "response.reasoning_summary_text.delta"] == [0, 0, 1]
+    done = events[8][1]["item"]
+    assert done["summary"] == [{"type": "summary_text", "text": "Think it"}, {"type": "summary_text", "text": "over"}]
+    assert done["content"] == [{"type": "reasoning_text", "text": "raw"}]
+    assert events[-1][1]["response"]["usage"] == {
+        "input_tokens": 100,
+        "input_tokens_details": {"cached_tokens": 20},
+        "output_tokens": 10,
+        "output_tokens_details": {"reasoning_tokens": 3},
+        "total_tokens": 110,
+    }
+
+
+def test_usage_total_defaults_to_input_plus_output() -> None:
+    assert Usage(3, 4).total == 7 and Usage(3, 4, total_tokens=9).total == 9
+    with pytest.raises(TypeError, match="list of strings"):
+        Text("x", reasoning_summary="not a list")
