@@ -107,7 +107,9 @@ async def test_a_turn_with_reasoning_a_command_and_text_is_typed_end_to_end(tmp_
     with MockModelServer() as model:
         model.enqueue(
             ExecCommand(
-                "echo hi-there",
+                # Alive a moment after its output: a command that exits at once may end before codex's output
+                # reader streams anything (its output is then only in the item's aggregated output).
+                "echo hi-there; sleep 0.5",
                 reasoning_summary=["Thinking about it"],
                 reasoning_content=["raw thought"],
                 usage=first_call,
