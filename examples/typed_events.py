@@ -142,6 +142,7 @@ async def main(workdir: Path, codex_bin: str) -> list[str]:
     lines: list[str] = []
     with MockModelServer() as model:
         model.enqueue(ExecCommand("echo hi", reasoning_summary=["Let me look"]), Text("Done.", usage=Usage(10, 2)))
+        (workdir / "work").mkdir(exist_ok=True)
         config = codex_trio.RuntimeConfig(
             runtime_id="typed",
             codex_bin=codex_bin,

@@ -72,12 +72,14 @@ async def real_runtime(
     events: EventHub | None = None,
 ) -> AsyncIterator[Runtime]:
     home = write_codex_home(tmp_path / f"home-{runtime_id}", model.url, extra_toml=REASONING_TOML)
+    work = tmp_path / f"work-{runtime_id}"
+    work.mkdir(exist_ok=True)
     with short_dir() as sockets:
         config = RuntimeConfig(
             runtime_id=runtime_id,
             codex_bin=require_codex_bin(),
             codex_home=home,
-            cwd=tmp_path / f"work-{runtime_id}",
+            cwd=work,
             sandbox_mode="read-only",
             socket_dir=sockets,
             log_dir=tmp_path / f"logs-{runtime_id}",
