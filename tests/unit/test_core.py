@@ -1047,11 +1047,13 @@ class CoreMachine(RuleBasedStateMachine):
     def reconcile(self, resend: list[bool], known: list[Outcome | None]) -> None:
         """codex is asked which in-doubt inputs it has (the engine does this before a session goes up): the n-th
         in-doubt input is sent again if ``resend[n]``, else it settles ``known[n]`` (None: codex has it, its
-        outcome is unknown)."""
+        outcome is unknown). The lists are reused in turn when more inputs are in doubt than they are long (several
+        steered into one turn when the host died)."""
         seqs = sorted(self.in_doubt)
-        again = {seq for seq, yes in zip(seqs, resend, strict=False) if yes}
+        again = {seq for n, seq in enumerate(seqs) if resend[n % len(resend)]}
         outcomes: dict[int, TurnOutcome] = {}
-        for seq, outcome in zip(seqs, known, strict=False):
+        for n, seq in enumerate(seqs):
+            outcome = known[n % len(known)]
             if seq in again:
                 continue
             if outcome is None:
