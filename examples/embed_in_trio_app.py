@@ -27,20 +27,19 @@ async def main(workdir: Path, codex_bin: str) -> list[str]:
             sandbox_mode="read-only",
             state_dir=workdir / "state",
         )
-        async with codex_trio.open_runtime(config) as runtime, trio.open_nursery() as nursery:
-
-            async def show_events() -> None:
-                async with runtime.events() as events:
-                    async for event in events:
-                        if isinstance(event, codex_trio.AgentMessageDelta):
-                            printed.append(event.delta)
-                            print(event.delta, end="", flush=True)
-
-            nursery.start_soon(show_events)
+        async with codex_trio.open_runtime(config) as runtime, runtime.events() as events:
+            # Subscribed before submitting, and read up to this input's settlement: the runtime publishes events
+            # in order, so every delta of its turn comes before it (cancelling a reader when settled() returns
+            # could cut off deltas it has not printed yet).
             admission = await runtime.submit(codex_trio.ChannelInput("chat:1", "hello"))
-            settlement = await admission.settled()
-            print(f"\n[{settlement.outcome}] {settlement.text}")
-            nursery.cancel_scope.cancel()
+            async for event in events:
+                if isinstance(event, codex_trio.AgentMessageDelta):
+                    printed.append(event.delta)
+                    print(event.delta, end="", flush=True)
+                elif isinstance(event, codex_trio.SubmissionSettled) and event.settlement.seq == admission.seq:
+                    settlement = event.settlement
+                    print(f"\n[{settlement.outcome}] {settlement.text}")
+                    break
     return printed
 
 
