@@ -109,9 +109,11 @@ async def test_a_turn_with_reasoning_a_command_and_text_is_typed_end_to_end(tmp_
     with MockModelServer() as model:
         model.enqueue(
             ExecCommand(
-                # Alive a moment after its output: a command that exits at once may end before codex's output
-                # reader streams anything (its output is then only in the item's aggregated output).
-                "echo hi-there; sleep 0.5",
+                # Output over a couple of seconds, and codex told to wait for the end (else it leaves a longer
+                # command running and answers the model with the output so far): a command that exits at once may
+                # end before codex's output reader streams anything (seen under load with one line and 0.5 s).
+                "for i in 1 2 3 4; do echo hi-there; sleep 0.5; done",
+                yield_time_ms=30_000,
                 reasoning_summary=["Thinking about it"],
                 reasoning_content=["raw thought"],
                 usage=first_call,
