@@ -118,11 +118,12 @@ class ChannelInput:
     ``source`` (default ``"channel"``), ``attrs`` (a list of ``(key, value)`` pairs or a mapping; order is
     kept) and ``body``; see :func:`render_channel_input`.
 
-    ``images`` go beside the text: each a ``data:image/...;base64,`` URL or a path to a local PNG, JPEG, GIF or
-    WebP file (``str`` or ``os.PathLike``). ``submit`` checks them (a missing or unreadable file, a directory, a
-    file that is not an image, a bad URL: :class:`~codex_trio.InvalidInput`) and makes a path absolute then; codex
-    reads the file when the turn starts (a file removed in between fails that turn). ``http(s)://`` URLs are
-    refused: codex 0.171 does not fetch images (download the file and pass its path).
+    ``images`` go beside the text: each an ``http(s)://`` URL, a ``data:image/...;base64,`` URL or a path to a
+    local PNG, JPEG, GIF or WebP file (``str`` or ``os.PathLike``). ``submit`` checks them (a missing or
+    unreadable file, a directory, a file that is not an image, a bad URL: :class:`~codex_trio.InvalidInput`) and
+    makes a path absolute then; codex reads the file when the turn starts (a file removed in between fails that
+    turn). An ``http(s)://`` image is fetched by ``submit`` (codex 0.171 does not fetch images: it refuses remote
+    URLs) and travels as a data URL; one that cannot be fetched, or is not an image, is ``InvalidInput``.
     """
 
     source_id: str

@@ -71,7 +71,7 @@ from ._threads import (
     list_threads,
     start_thread,
 )
-from ._turn_options import IMAGE_URL_PREFIXES, ImageInput, TurnOptions, check_images, check_options
+from ._turn_options import ImageInput, TurnOptions, check_images, check_options
 from ._usage import TokenUsage
 from ._util import NoPublicConstructor
 
@@ -332,11 +332,12 @@ class Runtime(metaclass=NoPublicConstructor):
         checked = check_options(options)  # cwd: one stat, as cheap as the checks next to it
         images: tuple[ImageInput, ...] = ()
         if item.images:
-            if all(image.startswith(IMAGE_URL_PREFIXES) for image in item.images):
-                images = check_images(item.images)  # URLs only: nothing to read
+            if all(image.startswith("data:") for image in item.images):
+                images = check_images(item.images)  # data URLs only: nothing to read or fetch
             else:
-                # Reads each file's first bytes: a thread, never the Trio thread.
-                images = await trio.to_thread.run_sync(check_images, item.images)
+                # Reads each file's first bytes, fetches remote images: a thread, never the Trio thread. Nothing is
+                # recorded yet, so a cancelled caller need not wait for it.
+                images = await trio.to_thread.run_sync(check_images, item.images, abandon_on_cancel=True)
         return await self._admit(item.source_id, "channel", text, options=checked, images=images)
 
     async def system_input(self, text: str, reason: SystemReason = "restart-notice") -> Admission:

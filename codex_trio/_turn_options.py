@@ -28,6 +28,9 @@ import math
 import os
 import re
 import stat
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Mapping
 from typing import Final, Literal, TypeAlias, get_args
 
@@ -71,6 +74,9 @@ MAX_MODEL_CHARS: Final = 256
 MAX_IMAGES: Final = 16
 #: A ``data:`` URL travels inside the input (and the stored row): bound it as codex bounds text input.
 MAX_DATA_URL_CHARS: Final = 20 * 1024 * 1024
+#: An ``http(s)://`` image is fetched at submit (codex does not fetch images): at most this big, within this time.
+MAX_IMAGE_BYTES: Final = MAX_DATA_URL_CHARS // 4 * 3 - 64
+IMAGE_FETCH_TIMEOUT: Final = 30.0
 
 #: What is taken as a URL (anything else is a path). codex takes ``data:`` URLs only; the others are refused with
 #: the reason, rather than looked for as files.
@@ -220,14 +226,51 @@ def _check_url(index: int, url: str) -> ImageInput:
             raise InvalidInput(f"{field} holds data that is not valid base64", field=field) from None
         return ImageInput("url", url)
     if url.startswith(("http://", "https://")):
-        # codex 0.171 refuses it on turn/start ("remote image URLs are not supported; use an inline data URL
-        # instead", -32600): refused here, where the caller can still act on it, not as a failed turn.
+        # codex 0.171 refuses a remote URL on turn/start ("remote image URLs are not supported; use an inline data
+        # URL instead", -32600). So it is fetched here, at submit, and travels (and is stored) as a data URL: an
+        # image that cannot be had is the caller's error now, not a failed turn later, and a restart or a resend
+        # needs no second fetch.
+        return ImageInput("url", _fetch(field, url))
+    raise InvalidInput(f"{field} is not an image URL codex accepts: {url[:100]!r}", field=field)  # pragma: no cover
+
+
+def _fetch(field: str, url: str) -> str:
+    """``url``'s image as a ``data:`` URL. Blocking (a worker thread's job); honours the proxy environment."""
+    request = urllib.request.Request(url, headers={"User-Agent": "codex-trio", "Accept": "image/*"})
+    try:
+        deadline = time.monotonic() + IMAGE_FETCH_TIMEOUT
+        with urllib.request.urlopen(request, timeout=IMAGE_FETCH_TIMEOUT) as response:
+            # In pieces, against one deadline: a socket timeout alone bounds each read, not a server that trickles.
+            chunks: list[bytes] = []
+            size = 0
+            while size <= MAX_IMAGE_BYTES:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"not complete within {IMAGE_FETCH_TIMEOUT:g}s")
+                chunk = response.read(min(65536, MAX_IMAGE_BYTES + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            body = b"".join(chunks)
+    except urllib.error.HTTPError as exc:
         raise InvalidInput(
-            f"{field} is a remote URL ({url[:100]!r}); codex does not fetch images: download it and pass the file's "
-            f"path, or a data:image/...;base64, URL",
+            f"{field}: fetching {url[:100]!r} answered HTTP {exc.code} {exc.reason}", field=field
+        ) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise InvalidInput(
+            f"{field}: cannot fetch {url[:100]!r} ({reason}); check the URL and the network, or pass a local file",
+            field=field,
+        ) from None
+    if len(body) > MAX_IMAGE_BYTES:
+        raise InvalidInput(f"{field}: {url[:100]!r} is larger than {MAX_IMAGE_BYTES} bytes", field=field)
+    kind = _sniff(body[:16])
+    if kind is None:
+        raise InvalidInput(
+            f"{field}: {url[:100]!r} is not a PNG, JPEG, GIF or WebP image (its first bytes are {body[:8]!r})",
             field=field,
         )
-    raise InvalidInput(f"{field} is not an image URL codex accepts: {url[:100]!r}", field=field)  # pragma: no cover
+    return f"data:image/{kind};base64,{base64.b64encode(body).decode('ascii')}"
 
 
 def _sniff(head: bytes) -> str | None:
@@ -271,9 +314,9 @@ def _check_file(index: int, path: str) -> ImageInput:
 
 def check_images(images: Iterable[str]) -> tuple[ImageInput, ...]:
     """Each image checked: a ``data:image/...;base64,`` URL or an existing, readable image file (PNG, JPEG, GIF,
-    WebP, by its first bytes), made absolute. An ``http(s)://`` URL is refused: codex does not fetch images.
-    Raises :class:`~codex_trio.InvalidInput` naming ``images[i]``. Blocking I/O (it reads each file's first
-    bytes)."""
+    WebP, by its first bytes), made absolute; an ``http(s)://`` URL is fetched now (codex does not fetch images)
+    and becomes a data URL. Raises :class:`~codex_trio.InvalidInput` naming ``images[i]``. Blocking I/O (it reads
+    each file's first bytes, and fetches remote images)."""
     images = tuple(images)
     if len(images) > MAX_IMAGES:
         raise InvalidInput(f"{len(images)} images; at most {MAX_IMAGES} per input", field="images")

@@ -26,6 +26,7 @@ from codex_trio._state import StoredSubmission
 from codex_trio._turn_options import ImageInput, encode_payload
 from codex_trio.testing._mock_model import Hang, MockModelServer, RecordedRequest, Text
 from tests.real.test_runtime_real import real_runtime
+from tests.unit.test_turn_options import image_server
 
 pytestmark = pytest.mark.real_codex
 
@@ -121,6 +122,20 @@ async def test_images_by_data_url_and_local_file_reach_the_model(tmp_path: Path)
     assert [c["type"] for c in content if isinstance(c, dict)] == ["text", "image", "localImage"]
 
 
+async def test_an_image_by_url_is_fetched_at_submit_and_reaches_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """codex 0.171 refuses remote image URLs on turn/start; submit fetches the image and sends it as a data URL."""
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    with MockModelServer() as model, image_server() as base, trio.fail_after(120):
+        async with real_runtime(tmp_path, model) as (runtime, _):
+            item = ChannelInput("a", "what is this?", images=[f"{base}/cat.png"])
+            settled = await (await runtime.submit(item)).settled()
+            assert settled.outcome == "completed", settled
+    assert model.last_request().last_user_images() == [DATA_URL]
+
+
 async def test_a_bad_image_or_option_is_invalid_input_and_nothing_is_recorded(tmp_path: Path) -> None:
     db = tmp_path / "state.db"
     with MockModelServer() as model, trio.fail_after(120):
@@ -129,8 +144,8 @@ async def test_a_bad_image_or_option_is_invalid_input_and_nothing_is_recorded(tm
             with pytest.raises(InvalidInput, match="no such image file") as info:
                 await runtime.submit(ChannelInput("chat:1", "see", images=[missing]))
             assert info.value.field == "images[0]"
-            with pytest.raises(InvalidInput, match="codex does not fetch images"):
-                await runtime.submit(ChannelInput("chat:1", "see", images=["https://example.com/cat.png"]))
+            with image_server() as base, pytest.raises(InvalidInput, match="answered HTTP 404"):
+                await runtime.submit(ChannelInput("chat:1", "see", images=[f"{base}/missing.png"]))
             with pytest.raises(InvalidInput, match="does not exist") as info:
                 await runtime.submit(ChannelInput("chat:1", "see"), options=TurnOptions(cwd=tmp_path / "nope"))
             assert info.value.field == "options.cwd"

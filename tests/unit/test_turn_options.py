@@ -4,13 +4,27 @@ stored form, the core's steering rule and the parsed output on the settlement.""
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.server
 import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from codex_trio import ChannelInput, ConfigError, InvalidInput, MemoryStateStore, StateStoreError, TurnOptions
+from codex_trio import (
+    ChannelInput,
+    ConfigError,
+    InvalidInput,
+    MemoryStateStore,
+    StateStoreError,
+    TurnOptions,
+    _turn_options,
+)
 from codex_trio._core import AdmitRequest, Answer, RuntimeCore, Send, Settle, Submission, Write, may_steer
 from codex_trio._engine import delivery_params
 from codex_trio._recovery import load
@@ -143,8 +157,6 @@ def test_images_a_data_url_and_a_local_file_made_absolute(tmp_path: Path, monkey
         ("missing.png", "no such image file"),
         ("dir", "is a directory, not an image file"),
         ("notes.txt", "is not a PNG, JPEG, GIF or WebP image"),
-        ("https://example.com/cat.png", "codex does not fetch images"),
-        ("http://example.com/cat.png", "codex does not fetch images"),
         ("data:text/plain;base64,aGk=", "is not a data:image/"),
         ("data:image/png;base64,***", "not valid base64"),
         ("data:image/png,rawbytes", "is not a data:image/"),
@@ -160,6 +172,77 @@ def test_a_bad_image_is_refused_naming_it(
     with pytest.raises(InvalidInput, match=message) as info:
         check_images([DATA_URL, image])
     assert info.value.field == "images[1]"
+
+
+class _ImageHandler(http.server.BaseHTTPRequestHandler):
+    """/cat.png: a PNG; /slow.png: a PNG after a pause; /notes.txt: text; anything else: 404."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path == "/slow.png":
+            time.sleep(2)
+        body = PNG if self.path in ("/cat.png", "/slow.png") else b"just text" if self.path == "/notes.txt" else None
+        if body is None:
+            self.send_error(404, "Not Found")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png" if body is PNG else "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@contextlib.contextmanager
+def image_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ImageHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_image_by_url_is_fetched_at_submit_and_travels_as_a_data_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    with image_server() as base:
+        (image,) = check_images([f"{base}/cat.png"])
+    assert image == ImageInput("url", DATA_URL)
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/missing.png", "answered HTTP 404"),
+        ("/notes.txt", "is not a PNG, JPEG, GIF or WebP image"),
+    ],
+)
+def test_an_image_url_that_gives_no_image_is_refused(monkeypatch: pytest.MonkeyPatch, path: str, message: str) -> None:
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    with image_server() as base, pytest.raises(InvalidInput, match=message) as info:
+        check_images([DATA_URL, f"{base}{path}"])
+    assert info.value.field == "images[1]"
+
+
+def test_an_image_url_that_cannot_be_fetched_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    with pytest.raises(InvalidInput, match=r"cannot fetch .* check the URL and the network"):
+        check_images([f"http://127.0.0.1:{closed}/cat.png"])
+    monkeypatch.setattr(_turn_options, "IMAGE_FETCH_TIMEOUT", 0.5)
+    with image_server() as base, pytest.raises(InvalidInput, match="cannot fetch"):
+        check_images([f"{base}/slow.png"])
+    monkeypatch.setattr(_turn_options, "MAX_IMAGE_BYTES", len(PNG) - 1)
+    with image_server() as base, pytest.raises(InvalidInput, match="larger than"):
+        check_images([f"{base}/cat.png"])
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
