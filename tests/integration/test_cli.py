@@ -70,7 +70,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
         (("send", "hi", "--effort", "max"), "argument --effort: invalid choice: 'max'"),
         (("send", "hi", "--model", ""), "--model: options.model"),
         (("send", "hi", "--image", "/nonexistent/ct.png"), "--image: images[0]: no such image file"),
-        (("send", "hi", "--image", "https://example.com/a.png"), "--image: "),
+        (("send", "hi", "--image", "http://127.0.0.1:9/a.png"), "--image: images[0]: cannot fetch"),
         (("chat", "--image", "x.png"), "unrecognized arguments: --image"),
         (("chat", "--bogus"), "unrecognized arguments: --bogus"),
         (("chat", "extra"), "unrecognized arguments: extra"),
