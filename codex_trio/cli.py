@@ -571,7 +571,8 @@ def _validate(args: argparse.Namespace) -> None:
     # The same checks submit() makes, before codex is started for nothing.
     try:
         check_options(_turn_options(args))
-        check_images(getattr(args, "images", None) or ())
+        # Checked (and an http(s) image fetched) once, here: submit() gets the data URLs and absolute paths.
+        args.images = [image.value for image in check_images(getattr(args, "images", None) or ())]
     except InvalidInput as exc:
         flag = "--image" if exc.field.startswith("images") else "--" + exc.field.removeprefix("options.")
         raise UsageError(f"{flag}: {exc}") from None
