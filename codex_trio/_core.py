@@ -837,6 +837,8 @@ class RuntimeCore:
             turn = session.turns[turn_id] = _Turn(turn_id, now + self.turn_timeout)
             turn.items.extend(session.early_items.pop(turn_id, ()))
             turn.usage = session.early_usage.pop(turn_id, None)
+            if turn.usage is not None:  # counted for the runtime now that the turn is one of this session's
+                self.usage = turn.usage if self.usage is None else self.usage + turn.usage
             self._publish(TurnStarted(turn_id, session.generation, runtime_id=self.runtime_id))
         return turn
 
@@ -1054,12 +1056,17 @@ class RuntimeCore:
             return
         window = usage.get("modelContextWindow")
         # One notification per model call; ``last`` is that call. Summed per turn (the settlement's usage) and per
-        # runtime (statistics, the store): codex's own ``total`` restarts with each app-server.
-        self.usage = last if self.usage is None else self.usage + last
+        # runtime (statistics, the store): codex's own ``total`` restarts with each app-server. A notification
+        # about a turn this session has not opened is held until the turn opens (its turn/start answer may be on
+        # the way) and counted then: after thread/resume codex repeats the thread's last one, naming a turn of an
+        # earlier session, and counting that would add the last model call twice (seen on 0.171 under load).
         turn = session.turns.get(turn_id)
         if turn is not None:
             turn.usage = last if turn.usage is None else turn.usage + last
-        elif turn_id not in session.ended:
+            self.usage = last if self.usage is None else self.usage + last
+        elif turn_id in session.ended:
+            self.usage = last if self.usage is None else self.usage + last  # a late one of a turn of ours
+        else:
             before = session.early_usage.get(turn_id)
             session.early_usage[turn_id] = last if before is None else before + last
             session.early_usage.move_to_end(turn_id)

@@ -210,6 +210,20 @@ def test_usage_before_the_turn_is_known_counts_and_other_threads_do_not() -> Non
     assert settlement.usage == used(100) and d.core.usage == used(100)
 
 
+def test_the_usage_codex_repeats_after_a_resume_is_not_counted_again() -> None:
+    """After ``thread/resume`` codex 0.171 repeats the thread's last usage notification, naming a turn of an earlier
+    session (seen under load, once the session was up): the runtime's figure already holds it."""
+    d = Driver(usage=used(1000))  # restored from the store, that last call included
+    d.up()
+    (event,) = published(d.notify("thread/tokenUsage/updated", usage(300, turn="old-turn")), TokenUsageUpdated)
+    assert event.turn_id == "old-turn"  # still published: it is what codex said
+    assert d.core.usage == used(1000)
+    d.running("a", "t1")
+    d.notify("thread/tokenUsage/updated", usage(5))
+    (settlement,) = settled(d.completed("t1"))
+    assert settlement.usage == used(5) and d.core.usage == used(1000) + used(5)
+
+
 def test_interrupted_and_stopped_inputs_keep_the_usage_so_far() -> None:
     d = Driver()
     d.running("a", "t1")
