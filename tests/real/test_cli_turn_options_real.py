@@ -3,43 +3,20 @@ mock model receives, and a bad value refused before codex starts (exit status 2,
 
 from __future__ import annotations
 
-import base64
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from codex_trio.testing._mock_model import MockModelServer, Text, write_codex_home
-from codex_trio.testing._real_codex import require_codex_bin
+from tests.real.test_fail_fast_real import cli as fail_fast_cli
+from tests.unit.test_turn_options import PNG
 
 pytestmark = pytest.mark.real_codex
 
-TIMEOUT = 120
-#: a 1x1 PNG
-PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
-)
-
 
 def cli(tmp_path: Path, home: Path, *argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "CODEX_TRIO_CODEX_BIN": require_codex_bin(),
-        "CODEX_HOME": str(home),
-        "XDG_STATE_HOME": str(tmp_path / "xdg-state"),
-        "PYTHONUNBUFFERED": "1",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "codex_trio", *argv, "--db", str(tmp_path / "cli.db")],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env=env,
-        check=False,
-    )
+    return fail_fast_cli(tmp_path, *argv, "--db", str(tmp_path / "cli.db"), stdin=stdin, CODEX_HOME=str(home))
 
 
 def test_send_with_model_effort_and_an_image_reaches_the_model(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ def closed_port() -> int:
     return port
 
 
-def cli(tmp_path: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+def cli(tmp_path: Path, *argv: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
     full = {
         **os.environ,
         "CODEX_TRIO_CODEX_BIN": require_codex_bin(),
@@ -55,7 +55,7 @@ def cli(tmp_path: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[s
             full.pop(var, None)
     return subprocess.run(
         [sys.executable, "-m", "codex_trio", *argv],
-        input="",
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=CEILING,

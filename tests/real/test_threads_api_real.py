@@ -21,22 +21,13 @@ from codex_trio import (
     ThreadReady,
 )
 from codex_trio.testing import MockModelServer, Text, write_codex_home
+from tests.real.test_threads_completions_approvals_real import config as base_config
 
 pytestmark = pytest.mark.real_codex
 
 
-def config(tmp_path: Path, socket_dir: Path, codex_bin: str, home: Path, **extra: object) -> RuntimeConfig:
-    (tmp_path / "work").mkdir(exist_ok=True)
-    return RuntimeConfig(
-        runtime_id="threads",
-        codex_bin=codex_bin,
-        codex_home=home,
-        cwd=tmp_path / "work",
-        sandbox_mode="read-only",
-        socket_dir=socket_dir,
-        log_dir=tmp_path / "logs",
-        **extra,  # type: ignore[arg-type]
-    )
+def config(tmp_path: Path, socket_dir: Path, codex_bin: str, home: Path) -> RuntimeConfig:
+    return base_config(tmp_path, socket_dir, codex_bin, home, runtime_id="threads")
 
 
 def texts_of(model: MockModelServer, n: int) -> list[str]:

@@ -16,10 +16,12 @@ from codex_trio.testing import ExecCommand, MockModelServer, Text, write_codex_h
 pytestmark = pytest.mark.real_codex
 
 
-def config(tmp_path: Path, socket_dir: Path, codex_bin: str, home: Path, **extra: object) -> RuntimeConfig:
+def config(
+    tmp_path: Path, socket_dir: Path, codex_bin: str, home: Path, *, runtime_id: str = "i5", **extra: object
+) -> RuntimeConfig:
     (tmp_path / "work").mkdir(parents=True, exist_ok=True)
     return RuntimeConfig(
-        runtime_id="i5",
+        runtime_id=runtime_id,
         codex_bin=codex_bin,
         codex_home=home,
         cwd=tmp_path / "work",

@@ -26,20 +26,9 @@ from codex_trio._state import StoredSubmission
 from codex_trio._turn_options import ImageInput, encode_payload
 from codex_trio.testing._mock_model import Hang, MockModelServer, RecordedRequest, Text
 from tests.real.test_runtime_real import real_runtime
-from tests.unit.test_turn_options import image_server
+from tests.unit.test_turn_options import DATA_URL, PNG, SCHEMA, image_server
 
 pytestmark = pytest.mark.real_codex
-
-PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
-)
-DATA_URL = "data:image/png;base64," + base64.b64encode(PNG).decode()
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {"answer": {"type": "integer"}},
-    "required": ["answer"],
-    "additionalProperties": False,
-}
 
 
 def developer_text(request: RecordedRequest) -> str:
