@@ -957,19 +957,16 @@ class RuntimeCore:
 
     def notification(self, method: str, params: Any, now: float) -> None:
         """A notification from the app-server of the current session."""
-        session = self._session
-        if session is None or not isinstance(params, dict):
-            return
-        thread_id = params.get("threadId")
-        if thread_id is not None and thread_id != session.thread_id:
-            return  # another thread's: none of our turns
+        session = self._ours(params)
+        if session is None:
+            return  # no session, not an object, or another thread's: none of our turns
         if method != "error":
             self._progressed(session, params)
         handler = self._handlers.get(method)
         if handler is not None:
             handler(self, session, params, now)
         elif method in STREAM_METHODS:
-            event = self.stream(method, params)
+            event = self._streamed(session, method, params)
             if event is not None:
                 self._actions.append(Publish(event))
 
@@ -1003,12 +1000,21 @@ class RuntimeCore:
         """The event for a notification in :data:`STREAM_METHODS` (reasoning, command output, plan, progress,
         diff), or None if it is not ours or not readable. Like :meth:`delta`, these change no state, so the driver
         may skip them when nobody listens."""
+        session = self._ours(params)
+        return None if session is None else self._streamed(session, method, params)
+
+    def _ours(self, params: Any) -> _Session | None:
+        """The current session, if ``params`` is a notification's object about its thread (codex names the thread
+        in nearly all of them; one that names none is taken as ours)."""
         session = self._session
         if session is None or type(params) is not dict:
             return None
         thread_id = params.get("threadId")
         if thread_id is not None and thread_id != session.thread_id:
             return None
+        return session
+
+    def _streamed(self, session: _Session, method: str, params: dict[str, Any]) -> Event | None:
         build = _STREAMED.get(method)
         if build is None:
             return None
